@@ -1,0 +1,47 @@
+# The two commands a fresh machine needs: `make demo` and `make test`. Everything else here
+# is what they stand on. The virtualenv lives in .venv; generated protobuf code in protos/.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+GEN    := protos/custodes_pb2.py protos/custodes_pb2_grpc.py protos/custodes_pb2.pyi \
+          protos/custodes_pb2_grpc.pyi
+
+.PHONY: venv protos demo test lint typecheck pytest bench clean
+
+venv: $(STAMP) $(GEN)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+# Generated at build time from the one source of truth; never committed (README, "Protocol").
+$(GEN) &: protos/custodes.proto $(STAMP)
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
+	    --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=quiet:. \
+	    --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=quiet:. \
+	    protos/custodes.proto
+protos: $(GEN)
+
+demo: venv
+	$(PY) docs/demo.py
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check agent server protos policies
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+pytest: venv
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: venv
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf $(VENV) $(GEN) .mypy_cache .ruff_cache .pytest_cache

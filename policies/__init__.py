@@ -1,0 +1,1 @@
+"""Custodes policies."""

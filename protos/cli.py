@@ -1,0 +1,81 @@
+"""The `custodes` executable: parse arguments, configure logging, run, exit with a code.
+
+Subcommand groups live with their packages and are found through the
+`custodes.commands` entry-point group, so this module imports neither `agent` nor
+`server` (docs/adr/0001-cli-entry-point.md). Each group exposes
+`register(subparsers) -> None`; each command sets `func(args) -> int` on its parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+
+import structlog
+
+from protos import logs
+from protos.errors import CustodesError
+
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every installed subcommand group."""
+    parser = argparse.ArgumentParser(
+        prog="custodes",
+        description="Enforce and prove technicians' access to clients' sensitive data.",
+    )
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    parser.add_argument(
+        "--log-format", default="auto", choices=["auto", "json", "console"],
+        help="json in production; console on a terminal (auto picks)",
+    )
+    groups = parser.add_subparsers(dest="group", metavar="GROUP")
+    groups.required = True
+    for ep in sorted(entry_points(group="custodes.commands"), key=lambda e: e.name):
+        register: Register = ep.load()
+        register(groups)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command and return its exit code; never lets a traceback reach the user."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.configure(args.log_level, args.log_format)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return func(args)
+    except CustodesError as exc:
+        print(f"custodes: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:  # the last line of defence: log it, print one line, exit 1
+        structlog.get_logger().exception("command_crashed", command=args.group)
+        print(f"custodes: internal error: {exc!r}", file=sys.stderr)
+        print("hint: this is a bug; the log above has the details", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def run() -> None:
+    """Console-script shim that exits with `main`'s code."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
