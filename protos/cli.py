@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     parser.add_argument(
-        "--log-format", default="auto", choices=["auto", "json", "console"],
+        "--log-format",
+        default="auto",
+        choices=["auto", "json", "console"],
         help="json in production; console on a terminal (auto picks)",
     )
     groups = parser.add_subparsers(dest="group", metavar="GROUP")
