@@ -1,0 +1,90 @@
+"""The embedded default store: one SQLite file in WAL mode.
+
+Durability: the database runs with `journal_mode=WAL` and `synchronous=NORMAL`. A committed
+transaction survives a crash of the server process, and the file is never corrupted, but
+the last transactions before a power loss or kernel crash may be rolled back (WAL is synced
+at checkpoints, not at every commit). The ingest acknowledges a batch only after its commit,
+so such a loss shows up as a server log *shorter* than a checkpoint the agent already holds:
+the agent's consistency check reports it and the events are still in the agent's journal
+unless it pruned them. Pass `synchronous="FULL"` to sync the WAL at every commit instead
+(slower ingest, no such window).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+from server.store import migrations
+from server.store.base import StoreError
+from server.store.sql import EVENT_COLUMNS, Cursor, SqlStore, mapped_errors
+
+Synchronous = Literal["NORMAL", "FULL"]
+BUSY_TIMEOUT_S = 30.0
+
+_INSERT_EVENT = (
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)})"  # noqa: S608 - fixed column names
+    f" VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+)
+
+
+class SqliteStore(SqlStore):
+    """A `Store` over one SQLite file; safe to share between threads (one lock).
+
+    Several processes may open the same file: writers serialise on `BEGIN IMMEDIATE` and
+    wait up to BUSY_TIMEOUT_S for each other.
+    """
+
+    dialect: migrations.Dialect = "sqlite"
+
+    def __init__(self, path: Path, *, synchronous: Synchronous = "NORMAL") -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        with mapped_errors((), (sqlite3.Error, OSError), f"cannot open SQLite store {path}"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(f"PRAGMA synchronous={synchronous}")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextlib.contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Cursor]:
+        with (
+            self._lock,
+            mapped_errors((sqlite3.IntegrityError,), (sqlite3.Error,), f"SQLite store {self.path}"),
+        ):
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.rollback()
+                raise
+
+    def _insert_events(self, cur: Cursor, rows: Sequence[tuple[object, ...]]) -> None:
+        if not isinstance(cur, sqlite3.Cursor):  # pragma: no cover - the protocol's one use
+            raise StoreError(f"expected a sqlite3 cursor, got {type(cur).__name__}")
+        cur.executemany(_INSERT_EVENT, rows)
+
+    def _has_table(self, cur: Cursor, name: str) -> bool:
+        cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        return cur.fetchone() is not None
+
+    def _lock_schema(self, cur: Cursor) -> None:
+        """BEGIN IMMEDIATE already holds the database's single write lock."""
+
+    def _run_script(self, cur: Cursor, sql: str) -> None:
+        for statement in migrations.sqlite_statements(sql):
+            cur.execute(statement)
