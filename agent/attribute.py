@@ -1,0 +1,201 @@
+"""Who opened, and how: cheap reads of /proc for a blocked opener.
+
+The cheap path (every event) is `uid_of` and `loginuid_of`. Everything else (session,
+parent, executable, command line, the real open flags) is read for technician events only.
+The opener is blocked in the kernel until the gate answers, so its /proc entries are there;
+a reader still treats a vanished process as unknown rather than failing.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import pwd
+import stat
+from collections import OrderedDict
+
+from agent.identities import UNSET_LOGINUID
+from agent.records import Attribution
+from policies.model import Action
+
+MAX_CMDLINE = 1024  # bytes kept of a command line
+MAX_NAMES = 4096  # uid → name entries kept
+_O_ACCMODE = 0o3
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+CREATED_WITHIN_NS = 2_000_000_000  # an empty O_CREAT target this young counts as created
+
+# syscall number → index of the flags argument (None: flags are in a struct open_how,
+# whose first u64 the pointer argument at index 2 points at).
+_OPEN_SYSCALLS: dict[str, dict[int, int | None]] = {
+    "x86_64": {2: 1, 85: -1, 257: 2, 304: 2, 437: None},
+    "aarch64": {56: 2, 265: 2, 437: None},
+}
+_EXEC_SYSCALLS: dict[str, frozenset[int]] = {
+    "x86_64": frozenset({59, 322}),
+    "aarch64": frozenset({221, 281}),
+}
+_ARCH = platform.machine()
+_OPENS = _OPEN_SYSCALLS.get(_ARCH, {})
+_EXECS = _EXEC_SYSCALLS.get(_ARCH, frozenset())
+CREAT_FLAGS = os.O_CREAT | os.O_WRONLY | os.O_TRUNC  # creat(2)
+
+
+def uid_of(pid: int) -> int:
+    """The effective uid of `pid` (the owner of /proc/PID); -1 when it is gone."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid  # noqa: PTH116 - hot path, no Path object
+    except OSError:
+        return -1
+
+
+def _read_small(path: str, limit: int = 64) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def loginuid_of(pid: int) -> int | None:
+    """The audit loginuid of `pid`, or None when unset or unreadable."""
+    try:
+        value = int(_read_small(f"/proc/{pid}/loginuid"))
+    except (OSError, ValueError):
+        return None
+    return None if value == UNSET_LOGINUID else value
+
+
+def session_of(pid: int) -> int | None:
+    """The audit session id of `pid`, or None when unset or unreadable."""
+    try:
+        value = int(_read_small(f"/proc/{pid}/sessionid"))
+    except (OSError, ValueError):
+        return None
+    return None if value == UNSET_LOGINUID else value
+
+
+def ppid_of(pid: int) -> int | None:
+    """The parent pid from /proc/PID/stat (after the command name, which may hold spaces)."""
+    try:
+        raw = _read_small(f"/proc/{pid}/stat", 1024)
+        return int(raw[raw.rindex(b")") + 2 :].split(b" ", 2)[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def exe_of(pid: int) -> str:
+    """The executable path, or "" when it cannot be read."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")  # noqa: PTH115 - plain str in and out
+    except OSError:
+        return ""
+
+
+def cmdline_of(pid: int, limit: int = MAX_CMDLINE) -> str:
+    """The command line, arguments joined by spaces, at most `limit` bytes read."""
+    try:
+        raw = _read_small(f"/proc/{pid}/cmdline", limit)
+    except OSError:
+        return ""
+    return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+
+
+def open_flags(tid: int) -> int | None:
+    """The flags the blocked thread `tid` passed to open, from /proc/TID/syscall.
+
+    Returns -2 for an exec, None when the syscall is not one this code knows (io_uring,
+    another architecture) or the thread is gone.
+    """
+    try:
+        fields = _read_small(f"/proc/{tid}/syscall", 256).split()
+        nr = int(fields[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if nr in _EXECS:
+        return -2
+    if nr not in _OPENS:
+        return None
+    index = _OPENS[nr]
+    try:
+        if index == -1:
+            return CREAT_FLAGS
+        if index is None:
+            return _open_how_flags(tid, int(fields[3], 16))
+        return int(fields[1 + index], 16) & 0xFFFF_FFFF
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _open_how_flags(tid: int, address: int) -> int:
+    fd = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return int.from_bytes(os.pread(fd, 8, address), "little")
+    finally:
+        os.close(fd)
+
+
+def classify_open(
+    exec_event: bool, st: os.stat_result | None, flags: int | None, now_ns: int
+) -> Action:
+    """The action of one open: exec, list (a directory), create, write or read.
+
+    Unknown flags count as a write: a write must never pass as a read.
+    """
+    if exec_event or flags == -2:
+        return Action.EXEC
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        return Action.LIST
+    if flags is None:
+        return Action.WRITE
+    if (
+        flags & os.O_CREAT
+        and st is not None
+        and st.st_size == 0
+        and 0 <= now_ns - st.st_ctime_ns < CREATED_WITHIN_NS
+    ):
+        return Action.CREATE
+    if flags & _O_ACCMODE or flags & _WRITE_FLAGS:
+        return Action.WRITE
+    return Action.READ
+
+
+class AccountNames:
+    """A bounded uid → user name cache (`pwd`); unknown uids map to their number."""
+
+    def __init__(self, limit: int = MAX_NAMES) -> None:
+        self._names: OrderedDict[int, str] = OrderedDict()
+        self._limit = limit
+
+    def name(self, uid: int) -> str:
+        """The user name of `uid`, or str(uid) when the system has none."""
+        cached = self._names.get(uid)
+        if cached is not None:
+            return cached
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except (KeyError, OverflowError):
+            name = str(uid)
+        self._names[uid] = name
+        if len(self._names) > self._limit:
+            self._names.popitem(last=False)
+        return name
+
+
+def attribute(
+    pid: int, uid: int, loginuid: int | None, names: AccountNames, *, enrich: bool
+) -> Attribution:
+    """Build the Attribution; `enrich` adds session, parent, exe and command line."""
+    login_account = names.name(loginuid) if loginuid is not None else None
+    if not enrich:
+        return Attribution(pid, uid, loginuid, names.name(uid), login_account)
+    return Attribution(
+        pid=pid,
+        uid=uid,
+        loginuid=loginuid,
+        account=names.name(uid),
+        login_account=login_account,
+        session_id=session_of(pid),
+        ppid=ppid_of(pid),
+        exe=exe_of(pid),
+        cmdline=cmdline_of(pid),
+    )

@@ -1,0 +1,571 @@
+"""The kernel gate: fanotify permission events → decisions → answers, kernel first.
+
+One answer thread reads the permission group. Non-technicians take a fast path (the uid from
+stat(/proc/PID), the loginuid; neither a technician → allow), with one exception journaled
+as rule "unknown_admin": root with a loginuid that is neither a technician nor a principal.
+A technician's open is attributed fully, classified (exec, list, create, write, read from
+/proc/TID/syscall) and decided by the policy. An allow is answered, then recorded; a deny is
+recorded with `on_durable` and answered EPERM from the journal's callback, once it is on
+disk, so other openers keep being answered meanwhile.
+
+A second thread reads the notification group: it marks new directories (agent.marks) and
+records a technician's creates, deletes and renames. Those cannot be gated by fanotify
+permission events; they are journaled with `enforcing=False`, the verdict the policy would
+have given, and a reason that says so.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import stat
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Protocol
+
+import structlog
+
+from agent import attribute as attr
+from agent import fanotify as fan
+from agent.identities import Identities, resolve
+from agent.marks import GateError, Marker, PathMap, RootPlan, plan
+from agent.records import AccessRecord, Attribution, EventSink
+from policies.model import Action, Decision, Grant, Subject, SubjectKind, Verdict
+
+log = structlog.get_logger("custodes.agent.gate")
+
+INIT_FLAGS = (
+    fan.FAN_CLASS_CONTENT
+    | fan.FAN_UNLIMITED_QUEUE
+    | fan.FAN_UNLIMITED_MARKS
+    | fan.FAN_CLOEXEC
+    | fan.FAN_NONBLOCK
+)
+NOTIF_FLAGS = (
+    fan.FAN_CLASS_NOTIF
+    | fan.FAN_REPORT_DFID_NAME
+    | fan.FAN_UNLIMITED_QUEUE
+    | fan.FAN_UNLIMITED_MARKS
+    | fan.FAN_CLOEXEC
+    | fan.FAN_NONBLOCK
+)
+TICK_S = 0.1  # poll timeout: bounds how long stop() and fail_open() wait for a thread
+JOIN_S = 2.0
+_EXEC_MASK = fan.FAN_OPEN_EXEC_PERM
+_UNSET = 4294967295
+_PACK = fan.RESPONSE.pack
+_UNPACK = fan.METADATA.unpack_from
+_META = fan.METADATA.size
+
+
+class GatePolicy(Protocol):
+    """What the gate needs of a compiled agreement (policies.compile.CompiledAgreement).
+
+    `technician_accounts` (OS account → technician) and `principal_accounts` (OS accounts,
+    or account → principal) are resolved to uids once per `swap_policy`, so the hot path is
+    int dict lookups; `area_roots()` names the directories to mark.
+    """
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def technician_accounts(self) -> Mapping[str, str]: ...
+
+    @property
+    def principal_accounts(self) -> Collection[str]: ...
+
+    def area_roots(self) -> Sequence[tuple[str, str]]: ...
+
+    def decide(
+        self,
+        subject: Subject,
+        path: str,
+        action: Action,
+        at: datetime,
+        grants: Sequence[Grant] = (),
+    ) -> Decision: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GateStats:
+    """Counters since start; latencies are upper bounds of a log2 histogram, in µs."""
+
+    events: int
+    allowed: int
+    denied: int
+    technician_events: int
+    unknown_admin: int
+    exempt: int
+    errors: int
+    journal_failures: int  # denies answered EPERM although the journal could not keep them
+    recorded_changes: int  # creates/deletes/renames recorded (not gated)
+    marks: int
+    new_dirs: int
+    found_in_new_dirs: int
+    answer_p50_us: float
+    answer_p99_us: float
+
+
+@dataclass(frozen=True, slots=True)
+class _PolicyState:
+    policy: GatePolicy
+    ids: Identities
+
+
+def _percentile(hist: Sequence[int], q: float) -> float:
+    total = sum(hist)
+    if not total:
+        return 0.0
+    seen = 0
+    for k, n in enumerate(hist):
+        seen += n
+        if seen >= q * total:
+            return (1 << k) / 1000.0
+    return (1 << (len(hist) - 1)) / 1000.0
+
+
+class Gate:
+    """Answers fanotify permission events for the marked area roots.
+
+    Raises GateError (or agent.fanotify.FanotifyError) from `start` and `swap_policy`.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: GatePolicy,
+        sink: EventSink,
+        roots: Sequence[str],
+        exempt_pids: Collection[int] = (),
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._state = _PolicyState(policy, _identities(policy))
+        self._sink = sink
+        self._roots = list(roots)
+        self._clock = clock
+        self._grants: tuple[Grant, ...] = ()
+        self._own: set[int] = {os.getpid(), *exempt_pids}
+        self._names = attr.AccountNames()
+        self._fd = -1
+        self._notif_fd = -1
+        self._closed = True
+        self._failed = False
+        self._stopping = threading.Event()
+        self._resp_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._marker: Marker | None = None
+        self._paths = PathMap([])
+        self._last_progress = time.monotonic()
+        self.report_tid = True
+        # Counters: each is written by one thread only (the answer thread, or under
+        # _resp_lock for the journal's callbacks), so no lock on the hot path.
+        self._n = [0] * 7  # events, allowed, tech, unknown_admin, exempt, errors, changes
+        self._denied = 0
+        self._journal_failures = 0
+        self._hist = [0] * 64
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create both groups, start the threads, place the marks (returns once placed)."""
+        plans = plan(self._roots)
+        try:
+            self._fd = fan.init(INIT_FLAGS | fan.FAN_REPORT_TID)
+        except fan.FanotifyError:
+            # Older kernels refuse FAN_REPORT_TID for permission groups; the opener's main
+            # thread then stands in for it when reading /proc/PID/syscall.
+            self._fd = fan.init(INIT_FLAGS)
+            self.report_tid = False
+        self._notif_fd = fan.init(NOTIF_FLAGS)
+        self._closed = False
+        self._own.add(threading.get_native_id())
+        self._marker = Marker(self._fd, self._notif_fd)
+        self._threads = [
+            threading.Thread(target=self._answer_loop, name="custodes-gate", daemon=True),
+            threading.Thread(target=self._watch_loop, name="custodes-gate-watch", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        try:
+            self._marker.place(plans)
+        except Exception:
+            self.stop()
+            raise
+        self._paths = PathMap(self._marker.plans)
+        log.info(
+            "gate_started",
+            roots=[p.root for p in plans],
+            modes=[p.mode for p in plans],
+            marks=self.marks,
+            report_tid=self.report_tid,
+            policy=self._state.policy.version,
+        )
+
+    def swap_policy(self, policy: GatePolicy, roots: Sequence[str] | None = None) -> None:
+        """Swap the policy atomically; re-mark when its roots changed (new marks first).
+
+        `roots` defaults to the directories of `policy.area_roots()`. Raises MarkRefused
+        (the old policy and marks stay) when a new root may not be marked.
+        """
+        wanted = list(roots) if roots is not None else [d for _, d in policy.area_roots()]
+        state = _PolicyState(policy, _identities(policy))
+        marker = self._marker
+        if marker is None:
+            self._state, self._roots = state, wanted
+            return
+        new_plans = plan(wanted)
+        old = {p.root: p for p in marker.plans}
+        new = {p.root: p for p in new_plans}
+        self._state = state
+        if old.keys() != new.keys():
+            marker.place([p for r, p in new.items() if r not in old])
+            marker.remove([p for r, p in old.items() if r not in new])
+            self._paths = PathMap(marker.plans)
+        self._roots = wanted
+        log.info("gate_policy_swapped", policy=policy.version, marks=self.marks)
+
+    def set_grants(self, grants: Sequence[Grant]) -> None:
+        """Replace the active grants (one atomic assignment of a tuple)."""
+        self._grants = tuple(grants)
+
+    def stop(self) -> None:
+        """Stop both threads and close the groups: the kernel allows pending opens."""
+        self._stopping.set()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(JOIN_S)
+        with self._resp_lock:
+            self._close_groups()
+        log.info("gate_stopped", stats=str(self.stats))
+
+    def fail_open(self) -> None:
+        """Drop the groups NOW, from any thread, even if the answer thread is stuck.
+
+        The fds are replaced by /dev/null (dup2 is atomic), so the kernel releases the
+        groups and allows every pending and later open, while a late response from a stuck
+        thread lands harmlessly in /dev/null.
+        """
+        self._failed = True
+        self._stopping.set()
+        # A stuck callback may hold the lock: wait a little, then go ahead regardless.
+        locked = self._resp_lock.acquire(timeout=0.2)
+        null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            for fd in (self._fd, self._notif_fd):
+                if fd >= 0 and not self._closed:
+                    os.dup2(null, fd)
+        finally:
+            os.close(null)
+            if locked:
+                self._resp_lock.release()
+        log.warning("gate_failed_open", stats=str(self.stats))
+
+    def _close_groups(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for fd in (self._fd, self._notif_fd):
+            if fd >= 0:
+                os.close(fd)
+        if self._marker is not None:
+            self._marker.close()
+
+    # observability -----------------------------------------------------------------------
+
+    @property
+    def last_progress(self) -> float:
+        """time.monotonic() of the last answered event or idle tick."""
+        return self._last_progress
+
+    @property
+    def marks(self) -> int:
+        """Marks held by the permission group."""
+        return self._marker.marks if self._marker is not None else 0
+
+    @property
+    def stats(self) -> GateStats:
+        """A snapshot of the counters."""
+        n = self._n
+        ms = self._marker.stats if self._marker is not None else None
+        return GateStats(
+            events=n[0],
+            allowed=n[1],
+            denied=self._denied,
+            technician_events=n[2],
+            unknown_admin=n[3],
+            exempt=n[4],
+            errors=n[5],
+            journal_failures=self._journal_failures,
+            recorded_changes=n[6],
+            marks=self.marks,
+            new_dirs=ms.new_dirs if ms else 0,
+            found_in_new_dirs=ms.found_in_new_dirs if ms else 0,
+            answer_p50_us=_percentile(self._hist, 0.5),
+            answer_p99_us=_percentile(self._hist, 0.99),
+        )
+
+    # the answer thread -------------------------------------------------------------------
+
+    def _answer_loop(self) -> None:
+        self._own.add(threading.get_native_id())
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        stopping = self._stopping
+        while not stopping.is_set():
+            ready = poller.poll(TICK_S * 1000)
+            self._last_progress = time.monotonic()
+            if not ready or stopping.is_set():
+                continue
+            try:
+                buf = os.read(self._fd, fan.READ_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                self._n[5] += 1
+                log.exception("gate_read_failed", error=str(e))
+                return
+            if not buf:
+                return  # fail_open put /dev/null here
+            self._answer(buf)
+
+    def _answer(self, buf: bytes) -> None:
+        fd = self._fd
+        own = self._own
+        n = self._n
+        hist = self._hist
+        clock_ns = time.perf_counter_ns
+        stat_ = os.stat
+        write = os.write
+        close = os.close
+        off = 0
+        size = len(buf)
+        while off + _META <= size:
+            event_len, _v, _r, _ml, mask, efd, pid = _UNPACK(buf, off)
+            off += max(event_len, _META)
+            if efd < 0:
+                continue  # a queue overflow notice: impossible with an unlimited queue
+            t0 = clock_ns()
+            n[0] += 1
+            if pid in own:
+                write(fd, _PACK(efd, fan.FAN_ALLOW))
+                close(efd)
+                n[4] += 1
+                continue
+            ids = self._state.ids
+            techs = ids.technician_uids
+            try:
+                uid = stat_(f"/proc/{pid}").st_uid
+            except OSError:
+                uid = -1
+            if uid in techs and uid != 0:
+                self._technician(mask, efd, pid, uid, None, t0)
+                continue
+            loginuid = attr.loginuid_of(pid)
+            if loginuid is not None and loginuid in techs:
+                self._technician(mask, efd, pid, uid, loginuid, t0)
+                continue
+            write(fd, _PACK(efd, fan.FAN_ALLOW))
+            n[1] += 1
+            hist[(clock_ns() - t0).bit_length()] += 1
+            if uid == 0 and loginuid is not None and loginuid not in ids.principal_uids:
+                self._unknown_admin(efd, pid, uid, loginuid)
+            close(efd)
+
+    def _unknown_admin(self, efd: int, pid: int, uid: int, loginuid: int) -> None:
+        """Journal an interactive root whose login the agreement does not name (answered)."""
+        self._n[3] += 1
+        try:
+            path = self._paths.canonical(fan.fd_path(efd), efd)
+            who = attr.attribute(pid, uid, loginuid, self._names, enrich=True)
+            decision = Decision(
+                Verdict.ALLOW,
+                "an interactive administrator not named in the agreement opened a file "
+                "in a sensitive area",
+                "unknown_admin",
+                SubjectKind.OTHER,
+            )
+            self._sink.record(self._record(who, path, Action.READ, decision, efd))
+        except Exception as e:  # the answer is given; a record lost is counted
+            self._n[5] += 1
+            log.exception("gate_record_failed", rule="unknown_admin", error=str(e))
+
+    def _technician(  # noqa: PLR0917 - the hot path avoids keyword-argument overhead
+        self, mask: int, efd: int, pid: int, uid: int, loginuid: int | None, t0: int
+    ) -> None:
+        """Attribute, classify and decide a technician's open; answer it exactly once."""
+        self._n[2] += 1
+        try:
+            if loginuid is None:
+                loginuid = attr.loginuid_of(pid)
+            path = self._paths.canonical(fan.fd_path(efd), efd)
+            st = os.fstat(efd)
+            exec_event = bool(mask & _EXEC_MASK)
+            flags = None if exec_event or stat.S_ISDIR(st.st_mode) else attr.open_flags(pid)
+            now = self._clock()
+            action = attr.classify_open(exec_event, st, flags, time.time_ns())
+            who = attr.attribute(_tgid(pid), uid, loginuid, self._names, enrich=True)
+            subject = Subject(who.account, who.login_account, who.exe or None)
+            at = datetime.fromtimestamp(now / 1e9, tz=UTC)
+            state = self._state
+            try:
+                decision = state.policy.decide(subject, path, action, at, self._grants)
+            except Exception as e:  # fail closed for a technician
+                log.exception("gate_policy_failed", error=str(e), policy=state.policy.version)
+                tech = state.ids.classify(uid, loginuid)[1]
+                decision = Decision(
+                    Verdict.DENY,
+                    f"the policy failed to decide ({type(e).__name__}); denied",
+                    "policy_error",
+                    SubjectKind.TECHNICIAN,
+                    technician=tech,
+                )
+            rec = self._record(who, path, action, decision, efd, st, now)
+        except Exception as e:  # attribution failed: deny rather than let a technician by
+            self._n[5] += 1
+            log.exception("gate_attribution_failed", pid=pid, error=str(e))
+            self._respond_once(efd, allow=False, t0=t0)
+            return
+        if decision.allowed:
+            os.write(self._fd, _PACK(efd, fan.FAN_ALLOW))
+            self._n[1] += 1
+            self._hist[(time.perf_counter_ns() - t0).bit_length()] += 1
+            os.close(efd)
+            self._sink.record(rec)
+            return
+        cb = self._deny_callback(efd, t0)
+        try:
+            self._sink.record(rec, on_durable=cb)
+        except Exception as e:
+            log.exception("gate_record_failed", rule=decision.rule, error=str(e))
+            cb(False)
+
+    def _deny_callback(self, efd: int, t0: int) -> Callable[[bool], None]:
+        done = threading.Lock()
+
+        def on_durable(ok: bool) -> None:
+            if not done.acquire(blocking=False):
+                return  # called twice: the answer was given already
+            if not ok:
+                with self._resp_lock:
+                    self._journal_failures += 1
+                log.exception("gate_deny_not_journaled", fd=efd)
+            self._respond_once(efd, allow=False, t0=t0)
+
+        return on_durable
+
+    def _respond_once(self, efd: int, *, allow: bool, t0: int) -> None:
+        """Answer from any thread; a closed group already allowed the open."""
+        with self._resp_lock:
+            if not self._closed:
+                try:
+                    os.write(self._fd, _PACK(efd, fan.FAN_ALLOW if allow else fan.FAN_DENY))
+                except OSError:
+                    self._n[5] += 1
+                os.close(efd)
+            if allow:
+                self._n[1] += 1
+            else:
+                self._denied += 1
+            self._hist[(time.perf_counter_ns() - t0).bit_length()] += 1
+
+    def _record(  # noqa: PLR0917 - internal builder, called positionally
+        self,
+        who: Attribution,
+        path: str,
+        action: Action,
+        decision: Decision,
+        efd: int,
+        st: os.stat_result | None = None,
+        now: int | None = None,
+        *,
+        enforcing: bool = True,
+    ) -> AccessRecord:
+        if st is None and efd >= 0:
+            st = os.fstat(efd)
+        return AccessRecord(
+            unix_nanos=now if now is not None else self._clock(),
+            attribution=who,
+            path=path,
+            action=action,
+            decision=decision,
+            enforcing=enforcing,
+            device=st.st_dev if st else 0,
+            inode=st.st_ino if st else 0,
+        )
+
+    # the notification thread -------------------------------------------------------------
+
+    def _watch_loop(self) -> None:
+        self._own.add(threading.get_native_id())
+        poller = select.poll()
+        poller.register(self._notif_fd, select.POLLIN)
+        while not self._stopping.is_set():
+            if not poller.poll(TICK_S * 1000) or self._stopping.is_set():
+                continue
+            try:
+                buf = os.read(self._notif_fd, fan.READ_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                log.exception("gate_watch_read_failed", error=str(e))
+                return
+            if not buf or self._marker is None:
+                return
+            try:
+                for change in self._marker.handle(fan.parse(buf)):
+                    self._record_change(change.mask, change.pid, change.path, change.is_dir)
+            except Exception as e:  # keep watching: a lost change is counted, not fatal
+                self._n[5] += 1
+                log.exception("gate_watch_failed", error=str(e))
+
+    def _record_change(self, mask: int, pid: int, path: str, is_dir: bool) -> None:
+        if pid in self._own:
+            return
+        uid = attr.uid_of(pid)
+        loginuid = attr.loginuid_of(pid) if uid >= 0 else None
+        state = self._state
+        kind, _tech = state.ids.classify(uid, loginuid)
+        if kind is not SubjectKind.TECHNICIAN:
+            return
+        if mask & fan.FAN_DELETE:
+            action = Action.DELETE
+        elif mask & (fan.FAN_MOVED_TO | fan.FAN_MOVED_FROM):
+            action = Action.RENAME
+        else:
+            action = Action.CREATE
+        who = attr.attribute(pid, uid, loginuid, self._names, enrich=True)
+        now = self._clock()
+        subject = Subject(who.account, who.login_account, who.exe or None)
+        at = datetime.fromtimestamp(now / 1e9, tz=UTC)
+        decision = state.policy.decide(subject, path, action, at, self._grants)
+        what = "directory" if is_dir else "entry"
+        decision = replace(
+            decision,
+            reason=f"{decision.reason} (recorded after the fact: fanotify cannot gate a "
+            f"{action.value} of a {what})",
+        )
+        self._n[6] += 1
+        self._sink.record(self._record(who, path, action, decision, -1, None, now, enforcing=False))
+
+
+def _identities(policy: GatePolicy) -> Identities:
+    return resolve(policy.technician_accounts, policy.principal_accounts)
+
+
+def _tgid(tid: int) -> int:
+    """The process id of thread `tid` (the tid itself when it cannot be read)."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f.read(1024).splitlines():
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return tid
+
+
+__all__ = ["Gate", "GateError", "GatePolicy", "GateStats", "RootPlan"]

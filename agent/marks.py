@@ -1,0 +1,355 @@
+"""What the gate marks, and keeping the marks true as directories come and go.
+
+An area root that is the root of its own filesystem (not the root filesystem) gets one
+filesystem mark: it covers every path to that data, bind mounts included, with no race.
+Any other root gets an inode mark on every directory below it (FAN_EVENT_ON_CHILD covers the
+files in each); a second, notification group reports new directories (FAN_CREATE and
+FAN_MOVED_TO with FAN_ONDIR), which are then marked and rescanned. A file opened in a new
+directory before its mark lands escapes the gate: `Marker.stats` counts new directories and
+the files found already in them when they were marked.
+
+`/`, and any root holding the agent's own code or interpreter, is refused: the agent's own
+opens there would hang it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from agent import fanotify as fan
+from protos.errors import CustodesError
+
+PERM_MASK = fan.FAN_OPEN_PERM | fan.FAN_OPEN_EXEC_PERM | fan.FAN_ONDIR
+NOTIF_MASK = fan.FAN_CREATE | fan.FAN_MOVED_TO | fan.FAN_MOVED_FROM | fan.FAN_DELETE | fan.FAN_ONDIR
+MAX_DIRS = 5_000_000  # a walk stops (and says so) past this many directories
+Mode = Literal["filesystem", "inodes"]
+
+
+class GateError(CustodesError):
+    """Root of the gate's errors (environment: fanotify, marks, /proc)."""
+
+
+class MarkRefused(GateError):  # noqa: N818 - reads as the fact it reports
+    """An area root may not be marked (it is `/`, holds the agent, or is not a directory)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One line of /proc/self/mountinfo, as far as the gate needs it."""
+
+    mount_id: int
+    device: str  # "major:minor"
+    root: str  # the path inside the filesystem mounted here
+    mountpoint: str
+
+
+def _unescape(text: str) -> str:
+    return text.encode().decode("unicode_escape") if "\\" in text else text
+
+
+def read_mounts(path: str = "/proc/self/mountinfo") -> dict[int, Mount]:
+    """Parse mountinfo into mount id → Mount."""
+    mounts: dict[int, Mount] = {}
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            parts = line.split(" ", 5)
+            if len(parts) < 5:
+                continue
+            mid = int(parts[0])
+            mounts[mid] = Mount(mid, parts[2], _unescape(parts[3]), _unescape(parts[4]))
+    return mounts
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _join(base: str, rest: str) -> str:
+    return base.rstrip("/") + rest if rest else base
+
+
+def _mount_of(path: str, mounts: dict[int, Mount]) -> Mount:
+    """The topmost mount whose mountpoint holds `path` (later lines shadow earlier ones)."""
+    best: Mount | None = None
+    for m in mounts.values():
+        if _under(path, m.mountpoint) and (
+            best is None or len(m.mountpoint) >= len(best.mountpoint)
+        ):
+            best = m
+    if best is None:
+        raise GateError(f"no mount holds {path!r} (expected / at least in mountinfo)")
+    return best
+
+
+@dataclass(frozen=True, slots=True)
+class RootPlan:
+    """How one area root is marked."""
+
+    root: str  # real path, no trailing slash
+    mode: Mode
+    device: str  # "major:minor" of its filesystem
+    path_in_fs: str  # the root's path inside its filesystem
+
+
+def _agent_paths() -> list[str]:
+    here = str(Path(__file__).resolve().parent.parent)
+    return [str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix, sys.executable, here)]
+
+
+def plan(roots: Iterable[str], forbidden: Sequence[str] | None = None) -> list[RootPlan]:
+    """Decide how to mark each root. Raises MarkRefused for `/`, the agent's paths, non-dirs."""
+    mounts = read_mounts()
+    root_dev = Path("/").stat().st_dev
+    avoid = list(forbidden) if forbidden is not None else _agent_paths()
+    plans: list[RootPlan] = []
+    real = sorted({os.path.realpath(r) for r in roots}, key=len)
+    for root in real:
+        if root == "/":
+            raise MarkRefused(
+                "refusing to mark '/' (expected an area root below it)",
+                hint="name the sensitive directories in the agreement's areas",
+            )
+        if not Path(root).is_dir():
+            raise MarkRefused(f"area root {root!r} is not a directory (expected one to mark)")
+        for own in avoid:
+            if _under(own, root):
+                raise MarkRefused(
+                    f"area root {root!r} holds the agent's own {own!r} "
+                    "(expected the agent, its venv and state outside every area)"
+                )
+        if any(_under(root, p.root) for p in plans):
+            continue  # covered by an enclosing root
+        m = _mount_of(root, mounts)
+        rest = root[len(m.mountpoint.rstrip("/")) :]
+        in_fs = _join(m.root, rest) if m.root != "/" else (rest or "/")
+        own_fs = m.mountpoint == root and m.root == "/" and Path(root).stat().st_dev != root_dev
+        plans.append(RootPlan(root, "filesystem" if own_fs else "inodes", m.device, in_fs))
+    return plans
+
+
+@dataclass(slots=True)
+class MarkerStats:
+    """Counts the marker keeps (read without a lock; each is a plain int)."""
+
+    perm_marks: int = 0
+    notif_marks: int = 0
+    new_dirs: int = 0
+    found_in_new_dirs: int = 0  # entries present when a new directory was marked
+    mark_errors: int = 0
+    unresolved: int = 0  # notification events whose directory could not be opened
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntryChange:
+    """A name created, deleted or moved in a marked tree (recorded, not gated)."""
+
+    mask: int
+    pid: int
+    path: str
+    is_dir: bool
+
+
+@dataclass(slots=True)
+class Marker:
+    """Places and removes the marks of both groups; learns new directories."""
+
+    perm_fd: int
+    notif_fd: int
+    stats: MarkerStats = field(default_factory=MarkerStats)
+    plans: list[RootPlan] = field(default_factory=list)
+    _mount_fds: dict[tuple[int, int], int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def place(self, plans: Sequence[RootPlan]) -> None:
+        """Mark every root in `plans`. Raises GateError when a root cannot be marked."""
+        with self._lock:
+            for p in plans:
+                self._open_mount_fd(p.root)
+                if p.mode == "filesystem":
+                    flags = fan.FAN_MARK_ADD | fan.FAN_MARK_FILESYSTEM
+                    fan.mark(self.perm_fd, flags, PERM_MASK, p.root)
+                    fan.mark(self.notif_fd, flags, NOTIF_MASK, p.root)
+                    self.stats.perm_marks += 1
+                    self.stats.notif_marks += 1
+                else:
+                    # List first, mark after: our own listing of marked directories would
+                    # each cost a round trip through the gate.
+                    self._mark_dirs(_walk_dirs(p.root))
+                self.plans.append(p)
+
+    def remove(self, plans: Sequence[RootPlan]) -> None:
+        """Remove the marks of `plans` (a directory that vanished meanwhile is skipped)."""
+        with self._lock:
+            for p in plans:
+                if p.mode == "filesystem":
+                    flags = fan.FAN_MARK_REMOVE | fan.FAN_MARK_FILESYSTEM
+                    for fd, mask in ((self.perm_fd, PERM_MASK), (self.notif_fd, NOTIF_MASK)):
+                        try:
+                            fan.mark(fd, flags, mask, p.root)
+                        except fan.FanotifyError:
+                            self.stats.mark_errors += 1
+                    self.stats.perm_marks -= 1
+                    self.stats.notif_marks -= 1
+                else:
+                    for d in _walk_dirs(p.root):
+                        self._unmark(d)
+                self.plans = [q for q in self.plans if q.root != p.root]
+
+    def _open_mount_fd(self, root: str) -> None:
+        key = fan.fsid_of(root)
+        if key not in self._mount_fds:
+            self._mount_fds[key] = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _mark_dirs(self, dirs: Iterable[str]) -> None:
+        flags = fan.FAN_MARK_ADD | fan.FAN_MARK_DONT_FOLLOW | fan.FAN_MARK_ONLYDIR
+        perm_mask = PERM_MASK | fan.FAN_EVENT_ON_CHILD
+        for d in dirs:
+            try:
+                fan.mark(self.perm_fd, flags, perm_mask, d)
+            except fan.FanotifyError:
+                self.stats.mark_errors += 1  # vanished between listing and marking
+                continue
+            self.stats.perm_marks += 1
+            try:
+                fan.mark(self.notif_fd, flags, NOTIF_MASK, d)
+                self.stats.notif_marks += 1
+            except fan.FanotifyError:
+                self.stats.mark_errors += 1
+
+    def _unmark(self, d: str) -> None:
+        flags = fan.FAN_MARK_REMOVE | fan.FAN_MARK_DONT_FOLLOW | fan.FAN_MARK_ONLYDIR
+        for fd, mask, attr in (
+            (self.perm_fd, PERM_MASK | fan.FAN_EVENT_ON_CHILD, "perm_marks"),
+            (self.notif_fd, NOTIF_MASK, "notif_marks"),
+        ):
+            try:
+                fan.mark(fd, flags, mask, d)
+                setattr(self.stats, attr, getattr(self.stats, attr) - 1)
+            except fan.FanotifyError:
+                self.stats.mark_errors += 1
+
+    def _inode_mode(self, path: str) -> bool:
+        for p in self.plans:
+            if _under(path, p.root):
+                return p.mode == "inodes"
+        return False
+
+    def handle(self, events: Sequence[fan.Event]) -> list[DirEntryChange]:
+        """Mark new directories (then rescan them); return every change with its path."""
+        changes: list[DirEntryChange] = []
+        for ev in events:
+            if ev.mask & fan.FAN_Q_OVERFLOW:
+                self.stats.unresolved += 1
+                continue
+            for fid in ev.info:
+                if fid.info_type != fan.FAN_EVENT_INFO_TYPE_DFID_NAME or fid.name is None:
+                    continue
+                parent = self._resolve(fid)
+                if parent is None:
+                    self.stats.unresolved += 1
+                    continue
+                path = f"{parent.rstrip('/')}/{fid.name}" if fid.name not in ("", ".") else parent
+                is_dir = bool(ev.mask & fan.FAN_ONDIR)
+                if is_dir and ev.mask & (fan.FAN_CREATE | fan.FAN_MOVED_TO):
+                    self._learn_dir(path)
+                changes.append(DirEntryChange(ev.mask, ev.pid, path, is_dir))
+        return changes
+
+    def _resolve(self, fid: fan.FileId) -> str | None:
+        candidates = [self._mount_fds[fid.fsid]] if fid.fsid in self._mount_fds else []
+        candidates += [fd for key, fd in self._mount_fds.items() if key != fid.fsid]
+        for mfd in candidates:
+            try:
+                hfd = fan.open_by_handle(mfd, fid)
+            except fan.FanotifyError:
+                continue
+            try:
+                return fan.fd_path(hfd)
+            finally:
+                os.close(hfd)
+        return None
+
+    def _learn_dir(self, path: str) -> None:
+        with self._lock:
+            if not self._inode_mode(path):
+                return
+            self.stats.new_dirs += 1
+            self._mark_dirs([path])
+            # Rescan after marking: what appeared before the mark is marked now; files
+            # already there may have been opened ungated, so they are counted.
+            for d in _walk_dirs(path, count_files=self.stats):
+                if d != path:
+                    self._mark_dirs([d])
+
+    @property
+    def marks(self) -> int:
+        """Marks held by the permission group."""
+        return self.stats.perm_marks
+
+    def close(self) -> None:
+        """Close the mount fds used to resolve file handles."""
+        for fd in self._mount_fds.values():
+            os.close(fd)
+        self._mount_fds.clear()
+
+
+def _walk_dirs(root: str, count_files: MarkerStats | None = None) -> list[str]:
+    """Every directory below `root` (itself first), not following symlinks, bounded."""
+    out = [root]
+    i = 0
+    while i < len(out) and len(out) < MAX_DIRS:
+        try:
+            with os.scandir(out[i]) as it:
+                for entry in it:
+                    if count_files is not None:
+                        count_files.found_in_new_dirs += 1
+                    if entry.is_dir(follow_symlinks=False):
+                        out.append(entry.path)
+        except OSError:
+            pass  # vanished or unreadable: nothing below it to mark
+        i += 1
+    return out
+
+
+class PathMap:
+    """Maps the path an opener used (a bind mount, another mount of the same filesystem)
+    back to the area root's own path, so the policy sees one name for one file."""
+
+    def __init__(self, plans: Sequence[RootPlan]) -> None:
+        self._plans = list(plans)
+        self._mounts = read_mounts()
+
+    def canonical(self, path: str, event_fd: int) -> str:
+        """`path` when it is under an area root already; else its name under the root."""
+        for p in self._plans:
+            if _under(path, p.root):
+                return path
+        m = self._mount(event_fd)
+        if m is None:
+            return path
+        rest = path[len(m.mountpoint.rstrip("/")) :] if _under(path, m.mountpoint) else ""
+        in_fs = _join(m.root, rest) if m.root != "/" else (rest or "/")
+        for p in self._plans:
+            if p.device == m.device and _under(in_fs, p.path_in_fs):
+                tail = in_fs[len(p.path_in_fs.rstrip("/")) :]
+                return p.root if tail in ("", "/") else p.root + tail
+        return path
+
+    def _mount(self, event_fd: int) -> Mount | None:
+        try:
+            with open(f"/proc/self/fdinfo/{event_fd}", encoding="ascii") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            mnt_id = int(fields["mnt_id"])
+        except (OSError, KeyError, ValueError):
+            return None
+        m = self._mounts.get(mnt_id)
+        if m is None:  # mounted since we last looked
+            self._mounts = read_mounts()
+            m = self._mounts.get(mnt_id)
+        return m
