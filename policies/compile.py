@@ -1,0 +1,217 @@
+"""Compile a validated agreement once into lookup tables that answer in microseconds."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from types import MappingProxyType
+
+from policies.decide import decide as _decide
+from policies.decide import normalise_path
+from policies.durations import format_duration
+from policies.globs import literal_root, parse_glob, specificity
+from policies.matcher import PathTrie
+from policies.model import Action, Decision, Grant, Subject, SubjectKind
+from policies.schema import DAYS, Agreement, JitRule
+
+
+@dataclass(frozen=True, slots=True)
+class AreaMatch:
+    """The sensitive area a path falls in, what it holds and about how many people per file."""
+
+    area: str
+    kinds: tuple[str, ...]
+    individuals_estimate: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeRule:
+    """An in-scope rule, flattened: `technicians` None means every technician."""
+
+    technicians: frozenset[str] | None
+    actions: frozenset[Action]
+    any_hours: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Hit:
+    area: int
+    rank: tuple[int, int, int]
+    exclude: bool
+
+
+def _refs(refs: Sequence[str]) -> frozenset[str] | None:
+    return None if "*" in refs else frozenset(refs)
+
+
+class CompiledAgreement:
+    """An agreement ready to decide: account maps, the area trie, rules indexed by area."""
+
+    def __init__(self, agreement: Agreement) -> None:
+        self.agreement = agreement
+        self.client = agreement.client.id
+        self.version = agreement.version
+        self.sha256 = agreement.sha256
+        self.timezone = agreement.timezone
+        self.technician_accounts: Mapping[str, str] = MappingProxyType(
+            {acct: t.id for t in agreement.technicians for acct in t.accounts}
+        )
+        self.principal_accounts: Mapping[str, str] = MappingProxyType(
+            {p.account: p.name for p in agreement.principals}
+        )
+        self._principal_exe = {p.name: p.exe for p in agreement.principals}
+        self._areas = tuple(
+            AreaMatch(a.id, tuple(a.kinds), a.individuals_per_file) for a in agreement.areas
+        )
+        self._trie: PathTrie[_Hit] = PathTrie()
+        self._roots: list[tuple[str, str]] = []
+        for index, area in enumerate(agreement.areas):
+            for glob in area.paths:
+                segments = parse_glob(glob)
+                self._trie.add(segments, _Hit(index, specificity(segments), exclude=False))
+                root = (area.id, literal_root(segments))
+                if root not in self._roots:
+                    self._roots.append(root)
+            for glob in area.exclude:
+                segments = parse_glob(glob)
+                self._trie.add(segments, _Hit(index, specificity(segments), exclude=True))
+        self.scope: Mapping[str, tuple[ScopeRule, ...]] = self._index_scope(agreement)
+        self._jit = agreement.just_in_time
+        self._hours: list[list[tuple[time, time]]] = [[] for _ in DAYS]
+        for block in agreement.business_hours:
+            for day in block.days:
+                self._hours[DAYS.index(day)].append((block.start, block.end))
+        self._holidays = frozenset(agreement.holidays)
+
+    @staticmethod
+    def _index_scope(agreement: Agreement) -> Mapping[str, tuple[ScopeRule, ...]]:
+        by_area: dict[str, list[ScopeRule]] = {a.id: [] for a in agreement.areas}
+        for rule in agreement.in_scope:
+            flat = ScopeRule(_refs(rule.technicians), frozenset(rule.actions), rule.hours == "any")
+            targets = _refs(rule.areas)
+            for area_id, rules in by_area.items():
+                if targets is None or area_id in targets:
+                    rules.append(flat)
+        return MappingProxyType({k: tuple(v) for k, v in by_area.items()})
+
+    def area_roots(self) -> list[tuple[str, str]]:
+        """(area id, directory) pairs to mark: each path glob's literal prefix, in order."""
+        return list(self._roots)
+
+    def area_for(self, path: str) -> AreaMatch | None:
+        """The area `path` (normalised here) falls in, or None outside every area.
+
+        Where areas overlap, the most specific matching glob wins (more literal segments,
+        then more segments, then fewer `**`), then the area listed first. An area's
+        `exclude` globs take a path out of that area only.
+        """
+        path = normalise_path(path)
+        hits = self._trie.match(path[1:].split("/") if len(path) > 1 else [])
+        if not hits:
+            return None
+        if len(hits) == 1:
+            only = hits[0]
+            return None if only.exclude else self._areas[only.area]
+        excluded = {h.area for h in hits if h.exclude}
+        best: _Hit | None = None
+        for hit in hits:
+            if hit.exclude or hit.area in excluded:
+                continue
+            if (
+                best is None
+                or hit.rank > best.rank
+                or (hit.rank == best.rank and hit.area < best.area)
+            ):
+                best = hit
+        return None if best is None else self._areas[best.area]
+
+    def classify(self, subject: Subject) -> tuple[SubjectKind, str | None]:
+        """Technician (by login account first, then account), principal, or other."""
+        tech = None
+        if subject.login_account is not None:
+            tech = self.technician_accounts.get(subject.login_account)
+        if tech is None:
+            tech = self.technician_accounts.get(subject.account)
+        if tech is not None:
+            return SubjectKind.TECHNICIAN, tech
+        principal = self.principal_accounts.get(subject.account)
+        if principal is not None:
+            pin = self._principal_exe[principal]
+            if pin is None or subject.exe == pin:
+                return SubjectKind.PRINCIPAL, principal
+        return SubjectKind.OTHER, None
+
+    def pinned_exe(self, principal: str) -> str | None:
+        """The executable a principal is pinned to, if any."""
+        return self._principal_exe.get(principal)
+
+    def in_business_hours(self, at: datetime) -> bool:
+        """True when `at` (timezone-aware) falls in business hours in the agreement's zone."""
+        if at.tzinfo is None:
+            raise ValueError(f"{at.isoformat()} has no time zone; expected an aware datetime")
+        local = at.astimezone(self.timezone)
+        if local.date() in self._holidays:
+            return False
+        now = local.time().replace(tzinfo=None)
+        return any(start <= now < end for start, end in self._hours[local.weekday()])
+
+    def jit_rules_for(self, technician: str, area: str, action: Action) -> list[JitRule]:
+        """The just-in-time rules under which `technician` may request `action` in `area`."""
+        return [
+            rule
+            for rule in self._jit
+            if ("*" in rule.areas or area in rule.areas)
+            and ("*" in rule.technicians or technician in rule.technicians)
+            and action in rule.actions
+        ]
+
+    def grant_refusal(self, grant: Grant, action: Action) -> str | None:
+        """Why the agreement does not honour `grant` for `action`, or None if it does.
+
+        A grant can only give what the agreement lets be granted: a bad or stale grant
+        never widens the agreement.
+        """
+        length = grant.end - grant.start
+        if grant.break_glass:
+            glass = self.agreement.break_glass
+            if not glass.allowed:
+                return "the agreement allows no break-glass access"
+            if "*" not in glass.areas and grant.area not in glass.areas:
+                return f"break-glass does not extend to {grant.area}"
+            if action not in glass.actions:
+                return f"break-glass does not allow {action}"
+            if length > glass.max_duration + timedelta(seconds=60):
+                return (
+                    f"it lasts {format_duration(length)}, longer than break-glass's "
+                    f"{format_duration(glass.max_duration)}"
+                )
+            return None
+        rules = self.jit_rules_for(grant.technician, grant.area, action)
+        if not rules:
+            return (
+                f"the agreement lets no one request {action} on {grant.area} for {grant.technician}"
+            )
+        if all(length > r.max_duration + timedelta(seconds=60) for r in rules):
+            longest = max(r.max_duration for r in rules)
+            return (
+                f"it lasts {format_duration(length)}, longer than the "
+                f"{format_duration(longest)} the agreement allows"
+            )
+        return None
+
+    def decide(
+        self,
+        subject: Subject,
+        path: str,
+        action: Action,
+        at: datetime,
+        grants: Sequence[Grant] = (),
+    ) -> Decision:
+        """Allow or deny `subject` doing `action` on `path` at `at`; see `policies.decide`."""
+        return _decide(self, subject, path, action, at, grants)
+
+
+def compile_agreement(agreement: Agreement) -> CompiledAgreement:
+    """Compile a validated agreement for fast, repeated decisions."""
+    return CompiledAgreement(agreement)

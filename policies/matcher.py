@@ -1,0 +1,94 @@
+"""A path-component trie over absolute globs: one walk per path, never a scan of patterns.
+
+Literal segments are dict lookups; wildcard segments are tried only at nodes that have
+them; `**` (zero or more whole segments) is a node tried at each remaining depth, with a
+short cut for a trailing `**`, the common "everything below here" case.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from policies.globs import Segment, segment_regex
+
+T = TypeVar("T")
+
+
+class _Node(Generic[T]):
+    __slots__ = ("dstar", "leaf", "literal", "terminal", "wild", "wild_index")
+
+    def __init__(self) -> None:
+        self.literal: dict[str, _Node[T]] = {}
+        self.wild: list[tuple[Callable[[str], object], _Node[T]]] = []
+        self.wild_index: dict[str, _Node[T]] = {}
+        self.dstar: _Node[T] | None = None
+        self.terminal: list[T] = []
+        self.leaf = True  # no children: a `**` node that is a leaf matches any rest
+
+
+class PathTrie(Generic[T]):
+    """Globs (as parsed segments) with a payload each; `match` returns every payload hit."""
+
+    def __init__(self) -> None:
+        self._root: _Node[T] = _Node()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, segments: tuple[Segment, ...], payload: T) -> None:
+        """Insert one glob; its payload is returned by `match` for each path it matches."""
+        node = self._root
+        for seg in segments:
+            node.leaf = False
+            if seg.kind == "literal":
+                node = node.literal.setdefault(seg.text, _Node())
+            elif seg.kind == "wild":
+                child = node.wild_index.get(seg.text)
+                if child is None:
+                    child = _Node()
+                    node.wild_index[seg.text] = child
+                    fullmatch = re.compile(segment_regex(seg.text), re.DOTALL).fullmatch
+                    node.wild.append((fullmatch, child))
+                node = child
+            else:
+                if node.dstar is None:
+                    node.dstar = _Node()
+                node = node.dstar
+        node.terminal.append(payload)
+        self._size += 1
+
+    def match(self, segments: list[str]) -> list[T]:
+        """Payloads of every glob matching the path split into `segments` (may repeat)."""
+        out: list[T] = []
+        n = len(segments)
+        stack: list[tuple[_Node[T], int]] = [(self._root, 0)]
+        seen: set[tuple[int, int]] | None = None
+        while stack:
+            node, i = stack.pop()
+            ds = node.dstar
+            if ds is not None:
+                if ds.leaf:
+                    out.extend(ds.terminal)
+                else:
+                    if seen is None:
+                        seen = set()
+                    key = id(ds)
+                    for j in range(i, n + 1):
+                        if (key, j) not in seen:
+                            seen.add((key, j))
+                            stack.append((ds, j))
+            if i == n:
+                if node.terminal:
+                    out.extend(node.terminal)
+                continue
+            seg = segments[i]
+            child = node.literal.get(seg)
+            if child is not None:
+                stack.append((child, i + 1))
+            for fullmatch, wchild in node.wild:
+                if fullmatch(seg) is not None:
+                    stack.append((wchild, i + 1))
+        return out
