@@ -1,0 +1,520 @@
+"""The AgentChannel servicer: verify each batch, store it verbatim, then acknowledge.
+
+Identity comes only from the peer's client certificate: the agent id and client in its
+SAN URI. Per batch, in this order and before anything is stored: size limits, the chain
+links from the stored head (gap, reorder, replay, modified), the agent's signed checkpoint
+(enrolled key, origin, size, root = chain head), and only then the event bytes are parsed
+(each must name this agent, client and seq). The batch is stored verbatim with its indexed
+columns, appended to the server's Merkle log for the agent and committed; only then is it
+acknowledged with the server's signed checkpoint and a consistency proof from the size the
+agent last witnessed. A refused batch is recorded as an integrity event and ends the
+stream (the agent reconnects and resumes from the committed sequence).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
+
+import grpc
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from protos.evidence import errors as ev
+from protos.evidence.chain import Link, verify_links
+from protos.evidence.keys import fingerprint as key_fingerprint
+from protos.evidence.merkle import MerkleTree, leaf_hash
+from protos.evidence.note import (
+    Checkpoint,
+    NoteSigner,
+    NoteVerifier,
+    key_id,
+    parse_checkpoint,
+    verify_checkpoint,
+)
+from protos.wire import pb, rpc
+from server.store import Store, StoreConflictError, StoredRecord, StoreError
+from server.tls import PeerError, peer_from_auth_context
+
+if TYPE_CHECKING:
+    from server.app import Runtime
+
+log = structlog.get_logger()
+Code = pb.Refusal.Code
+CodeValue: TypeAlias = "pb.Refusal.Code.ValueType"
+
+_VERDICTS = {
+    pb.VERDICT_ALLOW: "allow",
+    pb.VERDICT_DENY: "deny",
+    pb.VERDICT_OBSERVED: "observed",
+}
+_ACTIONS = {
+    pb.ACTION_READ: "read",
+    pb.ACTION_WRITE: "write",
+    pb.ACTION_CREATE: "create",
+    pb.ACTION_DELETE: "delete",
+    pb.ACTION_RENAME: "rename",
+    pb.ACTION_EXEC: "exec",
+    pb.ACTION_LIST: "list",
+}
+_CODES: dict[type[ev.EvidenceError], CodeValue] = {
+    ev.GapError: Code.CODE_GAP,
+    ev.ReorderError: Code.CODE_REORDER,
+    ev.DuplicateError: Code.CODE_REPLAY,
+    ev.ModifiedEventError: Code.CODE_BROKEN_CHAIN,
+    ev.BadSignatureError: Code.CODE_BAD_SIGNATURE,
+    ev.UnknownKeyError: Code.CODE_UNKNOWN_KEY,
+    ev.MalformedError: Code.CODE_MALFORMED,
+}
+
+
+def agent_origin(client: str, agent_id: str) -> str:
+    """The origin line of an agent's own checkpoints (agent.config.AgentConfig.origin)."""
+    return f"custodes.agent/{client}/{agent_id}"
+
+
+class RefusedError(Exception):
+    """A batch the server will not store; carries the wire code."""
+
+    def __init__(self, code: CodeValue, message: str, kind: str, expected_seq: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.kind = kind
+        self.expected_seq = expected_seq
+
+
+@dataclass
+class _Bucket:
+    """A token bucket of events per second for one agent."""
+
+    rate: float
+    burst: float
+    tokens: float
+    stamp: float
+
+    def take(self, n: int, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if n > self.tokens:
+            return False
+        self.tokens -= n
+        return True
+
+
+@dataclass
+class StreamState:
+    """One connected agent, as this stream knows it."""
+
+    agent_id: str
+    client: str
+    verifier_key: bytes
+    witnessed_size: int  # the server log size the agent last verified
+
+
+def to_record(agent_id: str, client: str, link: Link, event: pb.Event) -> StoredRecord:
+    """A stored record: the verbatim bytes plus the indexed columns of the parsed event."""
+    kind = event.WhichOneof("body") or "unknown"
+    technician = account = area = action = verdict = rule = path = None
+    if kind == "access":
+        a = event.access
+        technician = a.subject.technician or None
+        account = a.subject.os_user or None
+        area = a.object.area or None
+        action = _ACTIONS.get(a.action)
+        verdict = _VERDICTS.get(a.verdict)
+        rule = a.rule or None
+        path = a.object.path or None
+    elif kind == "grant":
+        technician = event.grant.technician or None
+        area = event.grant.area or None
+    return StoredRecord(
+        agent_id=agent_id,
+        seq=link.seq,
+        event=link.event,
+        chain_hash=link.hash,
+        client=client,
+        unix_nanos=event.unix_nanos,
+        kind=kind,
+        technician=technician,
+        account=account,
+        area=area,
+        action=action,
+        verdict=verdict,
+        rule=rule,
+        path=path,
+    )
+
+
+def server_origin(client: str, agent_id: str) -> str:
+    """The origin line of the server's checkpoints over one agent's log."""
+    return f"custodes.server/{client}/{agent_id}"
+
+
+class AgentLogs:
+    """The server's RFC 6962 tree per agent, over `StoredRecord.leaf_data`, kept in memory.
+
+    Built from the store on first use; every call runs on the database thread.
+    """
+
+    def __init__(self, store: Store, signer: NoteSigner) -> None:
+        self._store = store
+        self._signer = signer
+        self._trees: dict[str, MerkleTree] = {}
+        self._notes: dict[str, tuple[int, bytes]] = {}
+
+    def tree(self, agent_id: str) -> MerkleTree:
+        """The agent's tree, loaded from the store when not cached."""
+        tree = self._trees.get(agent_id)
+        if tree is None:
+            tree = MerkleTree(self._store.leaf_hashes(agent_id, 0))
+            self._trees[agent_id] = tree
+        return tree
+
+    def forget(self, agent_id: str) -> None:
+        """Drop the cached tree (another server may have appended)."""
+        self._trees.pop(agent_id, None)
+        self._notes.pop(agent_id, None)
+
+    def append(self, agent_id: str, leaves: Sequence[bytes], expected_size: int) -> None:
+        """Add committed leaves; reload from the store if the cache went stale."""
+        tree = self.tree(agent_id)
+        tree.extend(leaf_hash(d) for d in leaves)
+        if tree.size != expected_size:
+            self.forget(agent_id)
+            self.tree(agent_id)
+
+    def checkpoint(self, agent_id: str, client: str) -> tuple[bytes, int]:
+        """The server's signed note over the agent's log now (cached per size)."""
+        tree = self.tree(agent_id)
+        cached = self._notes.get(agent_id)
+        if cached is not None and cached[0] == tree.size:
+            return cached[1], tree.size
+        note = self._signer.sign(
+            Checkpoint(server_origin(client, agent_id), tree.size, tree.root())
+        )
+        self._store.save_server_checkpoint(agent_id, tree.size, note)
+        self._notes[agent_id] = (tree.size, note)
+        return note, tree.size
+
+    def consistency_proof(self, agent_id: str, old: int, new: int) -> list[bytes]:
+        """RFC 6962 consistency proof between two sizes of the agent's tree."""
+        return self.tree(agent_id).consistency_proof(old, new)
+
+
+def check_batch(
+    state: StreamState,
+    next_seq: int,
+    head: bytes,
+    batch: pb.EventBatch,
+    max_events: int,
+) -> tuple[list[Link], bytes]:
+    """Verify a batch that starts at or below `next_seq`; return its links and chain head.
+
+    Pure. Raises RefusedError with the code for the first problem found.
+    """
+    records = batch.records
+    if not records:
+        raise RefusedError(Code.CODE_MALFORMED, "the batch holds no records", "malformed", next_seq)
+    if len(records) > max_events:
+        raise RefusedError(
+            Code.CODE_TOO_LARGE,
+            f"the batch holds {len(records)} events, expected at most {max_events}",
+            "too_large",
+            next_seq,
+        )
+    first = records[0].seq
+    who = state.agent_id
+    try:
+        links = [Link(r.seq, r.event, r.chain_hash) for r in records]
+        if first > next_seq:
+            raise ev.GapError(
+                f"batch of agent {who!r} starts at seq {first}, skipping seq "
+                f"{next_seq}..{first - 1}; expected seq {next_seq}",
+                seq=next_seq,
+            )
+        if first == next_seq and batch.prev_hash != head:
+            raise ev.ModifiedEventError(
+                f"batch of agent {who!r} at seq {first} does not continue the stored chain "
+                f"head {ev.short(head)} (it claims {ev.short(batch.prev_hash)})",
+                seq=first,
+            )
+        new_head = verify_links(batch.prev_hash, first, links, who=who)
+        cp = verify_checkpoint(
+            batch.checkpoint,
+            _verifiers(batch.checkpoint, state.verifier_key),
+            origin=agent_origin(state.client, state.agent_id),
+        )
+        last = links[-1].seq
+        if cp.size != last + 1:
+            raise ev.MalformedError(
+                f"the batch's checkpoint covers {cp.size} events, expected {last + 1} "
+                f"(the batch ends at seq {last})",
+                seq=last,
+            )
+        if cp.root != new_head:
+            raise ev.ModifiedEventError(
+                f"chain head of agent {who!r} after seq {last} is {ev.short(new_head)}; its "
+                f"signed checkpoint says {ev.short(cp.root)}",
+                seq=last,
+            )
+    except ev.EvidenceError as exc:
+        code = next((c for t, c in _CODES.items() if isinstance(exc, t)), Code.CODE_MALFORMED)
+        raise RefusedError(code, str(exc), exc.kind, next_seq) from exc
+    return links, new_head
+
+
+def _verifiers(note: bytes, public: bytes) -> list[NoteVerifier]:
+    """Verifiers for whichever key name signed `note` with the enrolled key."""
+    key = Ed25519PublicKey.from_public_bytes(public)
+    try:
+        _, signatures = parse_checkpoint(note)
+    except ev.MalformedError:
+        return [NoteVerifier("agent", key)]
+    names = {name for name, kid, _ in signatures if key_id(name, public) == kid}
+    if not names:
+        raise ev.UnknownKeyError(
+            "the batch's checkpoint is not signed by the enrolled key "
+            f"(fingerprint {key_fingerprint(public)})"
+        )
+    return [NoteVerifier(name, key) for name in sorted(names)]
+
+
+def parse_records(
+    state: StreamState, links: Sequence[Link], expected_seq: int
+) -> list[StoredRecord]:
+    """Parse verified event bytes into stored records; each must be this agent's own."""
+    out: list[StoredRecord] = []
+    for link in links:
+        try:
+            event = pb.Event.FromString(link.event)
+        except Exception as exc:  # protobuf raises DecodeError and others
+            raise RefusedError(
+                Code.CODE_MALFORMED,
+                f"event seq {link.seq} is not a serialised Event ({exc})",
+                "malformed",
+                expected_seq,
+            ) from exc
+        if (event.agent_id, event.client, event.seq) != (state.agent_id, state.client, link.seq):
+            raise RefusedError(
+                Code.CODE_WRONG_AGENT,
+                f"event seq {link.seq} names agent {event.agent_id!r} of client "
+                f"{event.client!r} at seq {event.seq}, expected agent {state.agent_id!r} of "
+                f"client {state.client!r} at seq {link.seq}",
+                "wrong_agent",
+                expected_seq,
+            )
+        out.append(to_record(state.agent_id, state.client, link, event))
+    return out
+
+
+class Ingest:
+    """Batch handling on the database thread (store calls are synchronous)."""
+
+    def __init__(self, rt: Runtime, logs: AgentLogs) -> None:
+        self.rt = rt
+        self.logs = logs
+
+    def handle(self, state: StreamState, batch: pb.EventBatch) -> pb.Ack:
+        """Verify, store, log, commit, and return the Ack (RefusedError otherwise)."""
+        store = self.rt.store
+        agent = store.get_agent(state.agent_id)
+        if agent is None or agent.revoked_unix is not None:
+            raise RefusedError(
+                Code.CODE_WRONG_AGENT,
+                f"agent {state.agent_id!r} is not enrolled or has been revoked",
+                "revoked",
+                0,
+            )
+        next_seq, head = agent.next_seq, agent.head_hash
+        links, new_head = check_batch(state, next_seq, head, batch, self.rt.limits.max_batch_events)
+        first, last = links[0].seq, links[-1].seq
+        fresh = [link for link in links if link.seq >= next_seq]
+        if len(fresh) < len(links):
+            self._check_replay(state, [link for link in links if link.seq < next_seq], next_seq)
+        if fresh:
+            records = parse_records(state, fresh, next_seq)
+            try:
+                next_seq = store.append_batch(
+                    state.agent_id,
+                    next_seq,
+                    records,
+                    agent_checkpoint=bytes(batch.checkpoint),
+                    new_head=new_head,
+                    heartbeat_unix=int(time.time()),
+                )
+            except StoreConflictError as exc:
+                self.logs.forget(state.agent_id)
+                raise RefusedError(
+                    Code.CODE_REPLAY, str(exc), "conflict", exc.next_seq or next_seq
+                ) from exc
+            self.logs.append(state.agent_id, [r.leaf_data for r in records], next_seq)
+        log.debug("batch_stored", agent=state.agent_id, first=first, last=last, stored=len(fresh))
+        return self.ack(state, batch.batch_id, next_seq)
+
+    def ack(self, state: StreamState, batch_id: int, next_seq: int) -> pb.Ack:
+        """The server's signed checkpoint at `next_seq` and a proof from what was witnessed."""
+        note, size = self.logs.checkpoint(state.agent_id, state.client)
+        if size < next_seq:
+            raise StoreError(f"the server log holds {size} events, expected {next_seq}")
+        proof: list[bytes] = []
+        from_size = state.witnessed_size if state.witnessed_size <= size else 0
+        if 0 < from_size < size:
+            proof = self.logs.consistency_proof(state.agent_id, from_size, size)
+        state.witnessed_size = size
+        return pb.Ack(
+            batch_id=batch_id,
+            next_seq=next_seq,
+            server_checkpoint=note,
+            consistency_proof=proof,
+            proof_from_size=from_size,
+        )
+
+    def _check_replay(self, state: StreamState, old: Sequence[Link], next_seq: int) -> None:
+        stored = self.rt.store.leaf_hashes(state.agent_id, old[0].seq)[: len(old)]
+        offered = [leaf_hash(link.seq.to_bytes(8, "big") + link.hash) for link in old]
+        if stored != offered:
+            bad = next(
+                (link.seq for link, s, o in zip(old, stored, offered, strict=False) if s != o),
+                old[0].seq,
+            )
+            raise RefusedError(
+                Code.CODE_REPLAY,
+                f"event seq {bad} of agent {state.agent_id!r} was already stored with other "
+                f"bytes; expected the stored event or seq {next_seq}",
+                "modified_replay",
+                next_seq,
+            )
+
+    def record(self, agent_id: str, kind: str, detail: str) -> None:
+        """Keep an integrity finding about the agent's evidence."""
+        self.rt.store.record_integrity_event(agent_id, kind, detail[:2000], int(time.time()))
+
+
+class AgentChannelService(rpc.AgentChannelServicer):
+    """One bidirectional stream per connected agent."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.logs = AgentLogs(rt.store, rt.signer)
+        self.ingest = Ingest(rt, self.logs)
+        self._buckets: dict[str, _Bucket] = {}
+
+    async def Connect(  # noqa: N802 - the generated servicer's method name
+        self,
+        request_iterator: AsyncIterator[pb.AgentMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ServerMessage]:
+        try:
+            peer = peer_from_auth_context(context.auth_context())
+        except PeerError as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            return
+        if peer.identity.kind != "agent":
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only agents may connect")
+            return
+        limits = self.rt.limits
+        messages = aiter(request_iterator)
+        try:
+            first = await asyncio.wait_for(anext(messages), limits.hello_seconds)
+        except (TimeoutError, StopAsyncIteration):
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello arrived, expected one first"
+            )
+            return
+        if first.WhichOneof("msg") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
+            return
+        hello = first.hello
+        name, client = peer.identity.name, peer.identity.client
+        if hello.agent_id and hello.agent_id != name:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"Hello names agent {hello.agent_id!r}; the certificate is agent {name!r}",
+            )
+            return
+        agent = await self.rt.db(self.rt.store.get_agent, name)
+        if agent is None or agent.client != client:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"agent {name!r} is unknown")
+            return
+        if agent.revoked_unix is not None or agent.cert_fingerprint != peer.cert_fingerprint:
+            log.warning("agent_refused", agent=name, reason="revoked or replaced certificate")
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"agent {name!r} has been revoked or its certificate replaced",
+            )
+            return
+        state = StreamState(name, client, agent.public_key, _witnessed(hello))
+        note, _ = await self.rt.db(self.logs.checkpoint, name, client)
+        log.info("agent_connected", agent=name, client=client, next_seq=agent.next_seq)
+        yield pb.ServerMessage(
+            resume=pb.Resume(
+                next_seq=agent.next_seq,
+                server_checkpoint=note,
+                max_batch_events=limits.max_batch_events,
+                max_in_flight=limits.max_in_flight,
+            )
+        )
+        bucket = self._buckets.setdefault(
+            name,
+            _Bucket(
+                limits.events_per_second, limits.burst_events, limits.burst_events, time.monotonic()
+            ),
+        )
+        while True:
+            try:
+                message = await asyncio.wait_for(anext(messages), limits.idle_seconds)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                log.info("agent_idle", agent=name)
+                return
+            which = message.WhichOneof("msg")
+            if which == "batch":
+                batch = message.batch
+                if not bucket.take(len(batch.records), time.monotonic()):
+                    yield _refusal(batch.batch_id, Code.CODE_RATE_LIMITED, "rate limited", 0)
+                    return
+                try:
+                    ack = await self.rt.db(self.ingest.handle, state, batch)
+                except RefusedError as exc:
+                    log.warning(
+                        "batch_refused", agent=name, code=Code.Name(exc.code), reason=str(exc)
+                    )
+                    if exc.code not in (Code.CODE_RATE_LIMITED, Code.CODE_TOO_LARGE):
+                        await self.rt.db(self.ingest.record, name, exc.kind, str(exc))
+                    yield _refusal(batch.batch_id, exc.code, str(exc), exc.expected_seq)
+                    return
+                yield pb.ServerMessage(ack=ack)
+            elif which == "heartbeat":
+                await self.rt.db(
+                    self.rt.store.touch_agent,
+                    name,
+                    int(time.time()),
+                    message.heartbeat.SerializeToString(),
+                )
+            elif which == "witness":
+                w = message.witness
+                log.error("server_log_disputed", agent=name, problem=w.problem[:500])
+                await self.rt.db(self.ingest.record, name, "server_witness", w.problem)
+            else:
+                yield _refusal(0, Code.CODE_MALFORMED, f"unexpected message {which!r}", 0)
+                return
+
+
+def _refusal(batch_id: int, code: CodeValue, message: str, expected: int) -> pb.ServerMessage:
+    return pb.ServerMessage(
+        refusal=pb.Refusal(batch_id=batch_id, code=code, message=message, expected_seq=expected)
+    )
+
+
+def _witnessed(hello: pb.Hello) -> int:
+    if not hello.last_server_checkpoint:
+        return 0
+    try:
+        cp, _ = parse_checkpoint(hello.last_server_checkpoint)
+    except ev.MalformedError:
+        return 0
+    return cp.size

@@ -1,0 +1,260 @@
+"""Reading the evidence: the Query servicer, `custodes events` lines, and the export file.
+
+The export is one JSON document (format `custodes-evidence-export/v1`): per agent, its
+events (base64 of the verbatim bytes) with chain hashes, the chain hash before the first
+exported event, the agent's signed checkpoints in range, the agent's verifier key, the
+server's signed checkpoint over the agent's log at the end of the export, and the aligned
+Merkle subtree hashes of the log before the export (so the root can be rebuilt from the
+exported events); plus the server's verifier key. server/verify_export.py checks it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from protos.evidence.keys import load_private_key
+from protos.evidence.merkle import MerkleTree, node_hash
+from protos.evidence.note import Checkpoint, NoteSigner, NoteVerifier, key_id, parse_checkpoint
+from protos.wire import pb, rpc
+from server.datadir import DataDir, write_private
+from server.ingest import agent_origin, server_origin
+from server.store import Store, StoredRecord
+from server.tls import PeerError, peer_from_auth_context
+from server.verify_export import FORMAT, prefix_blocks
+
+if TYPE_CHECKING:
+    from server.app import Runtime
+
+SERVER_KEY_NAME = "custodes-server"
+PAGE = 5000
+_VERDICT_NAMES = {
+    pb.VERDICT_ALLOW: "allow",
+    pb.VERDICT_DENY: "deny",
+    pb.VERDICT_OBSERVED: "observed",
+}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def event_json(row: StoredRecord) -> dict[str, Any]:
+    """A stored event as a JSON object (indexed columns plus the base64 bytes)."""
+    return {
+        "agent_id": row.agent_id,
+        "seq": row.seq,
+        "client": row.client,
+        "time": dt.datetime.fromtimestamp(row.unix_nanos / 1e9, dt.UTC).isoformat(),
+        "kind": row.kind,
+        "technician": row.technician,
+        "account": row.account,
+        "area": row.area,
+        "action": row.action,
+        "decision": row.verdict,
+        "rule": row.rule,
+        "path": row.path,
+        "event": _b64(row.event),
+        "chain_hash": row.chain_hash.hex(),
+    }
+
+
+def describe(row: StoredRecord) -> str:
+    """One readable line for `custodes events`."""
+    when = dt.datetime.fromtimestamp(row.unix_nanos / 1e9, dt.UTC).isoformat(timespec="seconds")
+    who = row.technician or row.account or "-"
+    what = " ".join(x for x in (row.verdict, row.action, row.path) if x) or row.kind
+    return (
+        f"{when}  {row.client}/{row.agent_id}#{row.seq}  {who}  {what}  {row.area or ''}".rstrip()
+    )
+
+
+def _signer_name(store: Store, agent_id: str, public: bytes, fallback: str) -> str:
+    """The key name the agent signs its notes with (read from one of its stored notes)."""
+    for note in store.agent_checkpoints(agent_id)[-1:]:
+        _, signatures = parse_checkpoint(note)
+        for name, kid, _sig in signatures:
+            if key_id(name, public) == kid:
+                return name
+    return fallback
+
+
+def _all_events(
+    store: Store, agent_id: str, since: int | None, until: int | None
+) -> list[StoredRecord]:
+    rows: list[StoredRecord] = []
+    after = None
+    while True:
+        page = store.events(
+            agent_id=agent_id, since_nanos=since, until_nanos=until, limit=PAGE, after=after
+        )
+        rows.extend(page)
+        if len(page) < PAGE:
+            return rows
+        after = page[-1].cursor
+
+
+def export_document(
+    store: Store,
+    signer: NoteSigner,
+    client: str,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+) -> dict[str, Any]:
+    """Build the export for `client` over events in [start, end) (all when None)."""
+    since = int(start.timestamp() * 1e9) if start else None
+    until = int(end.timestamp() * 1e9) if end else None
+    agents_out: list[dict[str, Any]] = []
+    for agent in store.list_agents(client):
+        every = _all_events(store, agent.agent_id, None, None)
+        by_seq = {r.seq: r for r in every}
+        in_window = [
+            r.seq
+            for r in every
+            if (since is None or r.unix_nanos >= since) and (until is None or r.unix_nanos < until)
+        ]
+        if not in_window and (since or until):
+            continue
+        # A contiguous seq span: events inside it but outside the window (clock steps) stay.
+        first = min(in_window) if in_window else 0
+        size = max(in_window) + 1 if in_window else 0
+        events = [by_seq[s] for s in range(first, size)]
+        leaves = store.leaf_hashes(agent.agent_id, 0)[:size]
+        prev = by_seq[first - 1].chain_hash if first else bytes(32)
+        prefix = [[a, b, _b64(_subtree(leaves, a, b))] for a, b in prefix_blocks(first)]
+        note = store.server_checkpoint(agent.agent_id, size)
+        if note is None:
+            root = MerkleTree(leaves).root()
+            note = signer.sign(Checkpoint(server_origin(client, agent.agent_id), size, root))
+        origin = agent_origin(client, agent.agent_id)
+        name = _signer_name(store, agent.agent_id, agent.public_key, origin)
+        verifier = NoteVerifier(name, Ed25519PublicKey.from_public_bytes(agent.public_key))
+        cps = [
+            n.decode()
+            for n in store.agent_checkpoints(agent.agent_id, first)
+            if parse_checkpoint(n)[0].size <= size
+        ]
+        agents_out.append(
+            {
+                "agent_id": agent.agent_id,
+                "hostname": agent.hostname,
+                "origin": origin,
+                "vkey": _vkey(verifier),
+                "first_seq": first,
+                "prev_hash": _b64(prev),
+                "events": [
+                    {"seq": r.seq, "event": _b64(r.event), "chain_hash": _b64(r.chain_hash)}
+                    for r in events
+                ],
+                "agent_checkpoints": cps,
+                "server_origin": server_origin(client, agent.agent_id),
+                "server_checkpoint": note.decode(),
+                "prefix": prefix,
+                "revoked_unix": agent.revoked_unix,
+            }
+        )
+    return {
+        "format": FORMAT,
+        "client": client,
+        "created": dt.datetime.now(dt.UTC).isoformat(),
+        "from": start.isoformat() if start else None,
+        "to": end.isoformat() if end else None,
+        "server_vkey": signer.vkey(),
+        "agents": agents_out,
+    }
+
+
+def _vkey(verifier: NoteVerifier) -> str:
+    encoded = base64.b64encode(b"\x01" + verifier.public).decode("ascii")
+    return f"{verifier.name}+{verifier.key_id.hex()}+{encoded}"
+
+
+def _subtree(leaves: list[bytes], a: int, b: int) -> bytes:
+    if b - a == 1:
+        return leaves[a]
+    k = 1 << ((b - a - 1).bit_length() - 1)
+    return node_hash(_subtree(leaves, a, a + k), _subtree(leaves, a + k, b))
+
+
+def export_client(
+    store: Store,
+    data: DataDir,
+    *,
+    client: str,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    out: Path,
+) -> str:
+    """Write the export file for `client`; return a one-line summary."""
+    signer = NoteSigner(SERVER_KEY_NAME, load_private_key(data.signing_key))
+    doc = export_document(store, signer, client, start, end)
+    write_private(out, json.dumps(doc, indent=1).encode() + b"\n", mode=0o600)
+    count = sum(len(a["events"]) for a in doc["agents"])
+    return f"exported {count} events of {len(doc['agents'])} agents for client {client!r} to {out}"
+
+
+class QueryService(rpc.QueryServicer):
+    """Events and Export for a person of a client (or an MSP auditor) over mutual TLS."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    async def _client(self, context: grpc.aio.ServicerContext, wanted: str) -> str:
+        try:
+            peer = peer_from_auth_context(context.auth_context())
+        except PeerError as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            raise
+        if peer.identity.kind != "person":
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only people may query evidence")
+        if wanted and wanted != peer.identity.client:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{peer.identity.name!r} may read client {peer.identity.client!r} only",
+            )
+        return peer.identity.client
+
+    async def Events(  # noqa: N802 - the generated servicer's method name
+        self, request: pb.EventQuery, context: grpc.aio.ServicerContext
+    ) -> pb.EventList:
+        client = await self._client(context, request.client)
+        rows = await self.rt.db(
+            lambda: self.rt.store.events(
+                client=client,
+                technician=request.technician or None,
+                area=request.area or None,
+                verdict=_VERDICT_NAMES.get(request.verdict),
+                agent_id=request.agent_id or None,
+                since_nanos=request.since_unix * 10**9 if request.since_unix else None,
+                until_nanos=request.until_unix * 10**9 if request.until_unix else None,
+                limit=min(request.limit or 1000, 10_000),
+            )
+        )
+        return pb.EventList(
+            events=[
+                pb.StoredEvent(
+                    agent_id=r.agent_id, seq=r.seq, event=r.event, chain_hash=r.chain_hash
+                )
+                for r in rows
+            ]
+        )
+
+    async def Export(  # noqa: N802 - the generated servicer's method name
+        self, request: pb.ExportRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ExportChunk]:
+        client = await self._client(context, request.client)
+        start = dt.datetime.fromtimestamp(request.from_unix, dt.UTC) if request.from_unix else None
+        end = dt.datetime.fromtimestamp(request.to_unix, dt.UTC) if request.to_unix else None
+        doc = await self.rt.db(
+            lambda: export_document(self.rt.store, self.rt.signer, client, start, end)
+        )
+        data = json.dumps(doc).encode()
+        for i in range(0, len(data), 1 << 20):
+            yield pb.ExportChunk(data=data[i : i + (1 << 20)])
