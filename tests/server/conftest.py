@@ -10,6 +10,8 @@ into a failure under CUSTODES_STRICT=1.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import os
 import pwd
 import shutil
@@ -26,7 +28,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from server.store import Store, open_store
+from server.store import AgentRow, Store, StoredRecord, open_store
 
 PG_USER = "custodes"  # the database superuser inside the throwaway cluster
 START_TIMEOUT_S = 30.0
@@ -219,3 +221,70 @@ def store(store_url: str) -> Iterator[Store]:
         yield opened
     finally:
         opened.close()
+
+
+# -- test data -------------------------------------------------------------------------------
+
+ZERO_HASH = bytes(32)
+
+
+def agent_row(agent_id: str = "clinic-01", client: str = "clinic", **changes: object) -> AgentRow:
+    """A freshly enrolled agent's row."""
+    row = AgentRow(
+        agent_id=agent_id,
+        client=client,
+        public_key=hashlib.sha256(agent_id.encode()).digest(),
+        cert_fingerprint=hashlib.sha256(b"cert" + agent_id.encode()).hexdigest(),
+        enrolled_unix=1_700_000_000,
+        revoked_unix=None,
+        next_seq=0,
+        head_hash=ZERO_HASH,
+        last_checkpoint=None,
+        last_seen_unix=None,
+        hostname=f"{agent_id}.example",
+    )
+    return dataclasses.replace(row, **changes)  # type: ignore[arg-type]
+
+
+def records(
+    agent_id: str,
+    start: int,
+    count: int,
+    *,
+    client: str = "clinic",
+    salt: bytes = b"",
+    size: int = 300,
+    **columns: object,
+) -> list[StoredRecord]:
+    """`count` records from seq `start`; `salt` changes the bytes (a different history)."""
+    out = []
+    for seq in range(start, start + count):
+        body = hashlib.sha256(salt + agent_id.encode() + seq.to_bytes(8, "big")).digest()
+        event = (body * (size // 32 + 1))[:size]
+        out.append(
+            StoredRecord(
+                agent_id=agent_id,
+                seq=seq,
+                event=event,
+                chain_hash=hashlib.sha256(b"chain" + event).digest(),
+                client=client,
+                unix_nanos=1_700_000_000_000_000_000 + seq * 1_000_000,
+                kind="access",
+                **columns,  # type: ignore[arg-type]
+            )
+        )
+    return out
+
+
+def append(store: Store, recs: list[StoredRecord], expected: int | None = None) -> int:
+    """append_batch with a checkpoint note naming the batch's size."""
+    first = recs[0].seq if recs else (expected or 0)
+    size = first + len(recs)
+    return store.append_batch(
+        recs[0].agent_id if recs else "clinic-01",
+        first if expected is None else expected,
+        recs,
+        agent_checkpoint=f"agent checkpoint {size}\n".encode(),
+        new_head=recs[-1].chain_hash if recs else ZERO_HASH,
+        heartbeat_unix=1_700_000_100 + size,
+    )
