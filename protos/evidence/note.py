@@ -116,7 +116,7 @@ class NoteVerifier:
     @classmethod
     def from_vkey(cls, vkey: str) -> NoteVerifier:
         """Parse `name+hexkeyid+base64(0x01 || key)`; MalformedError if it is not one."""
-        parts = vkey.split("+")
+        parts = vkey.split("+", 2)  # the base64 key itself may hold a plus sign
         if len(parts) != 3:
             raise MalformedError(
                 f"verifier key {vkey[:80]!r} is not of the form name+keyid+base64key"
