@@ -39,6 +39,25 @@ class JournalReport:
     notes: str = ""  # e.g. an unsigned tail, a torn final record (not failures)
 
 
+def latest_checkpoint(directory: Path) -> bytes:
+    """The latest checkpoint note stored in `directory` (b"" when there is none), unverified.
+
+    Raises JournalCorruptError when a checkpoint file is damaged before its end.
+    """
+    for _, path in reversed(fmt.list_segments(directory)):
+        ckp = path.with_suffix(fmt.CKP_SUFFIX)
+        if not ckp.exists():
+            continue
+        last = b""
+        with ckp.open("rb") as fh:
+            for item in fmt.iter_checkpoints(fh, ckp):
+                if isinstance(item, fmt.CheckpointAt):
+                    last = item.note
+        if last:
+            return last
+    return b""
+
+
 class _VerifyFailedError(Exception):
     pass
 
