@@ -59,13 +59,25 @@ class Link:
 
 
 def extend(prev: bytes, start_seq: int, events: Iterable[bytes]) -> list[Link]:
-    """Chain `events` after `prev`, numbering them from `start_seq`."""
+    """Chain `events` after `prev`, numbering them from `start_seq`.
+
+    Raises MalformedError when `prev` is not 32 bytes or a seq would leave 0..2^64-1.
+    """
+    link_hash(prev, start_seq, b"")  # validates prev and start_seq once, not per event
+    events = list(events)
+    if start_seq + len(events) - 1 > MAX_SEQ:
+        raise MalformedError(f"{len(events)} events from seq {start_seq} overflow 2^64-1")
+    # The hot path of the journal: hash inline and build links without re-validating them.
+    sha256, pack, domain = hashlib.sha256, _HEADER.pack, _DOMAIN
+    new, set_field = object.__new__, object.__setattr__
     links: list[Link] = []
-    seq = start_seq
-    for event in events:
-        prev = link_hash(prev, seq, event)
-        links.append(Link(seq, event, prev))
-        seq += 1
+    for seq, event in enumerate(events, start_seq):
+        prev = sha256(domain + prev + pack(seq, len(event)) + event).digest()
+        link = new(Link)
+        set_field(link, "seq", seq)
+        set_field(link, "event", event)
+        set_field(link, "hash", prev)
+        links.append(link)
     return links
 
 
@@ -77,7 +89,10 @@ def verify_links(prev: bytes, expected_seq: int, links: Sequence[Link], *, who: 
     `links` (a swap) and a GapError when it does not (a deletion). A hash that does not match
     the bytes is a ModifiedEventError. An empty sequence returns `prev`.
     """
+    if len(prev) != HASH_SIZE:
+        raise MalformedError(f"previous hash is {len(prev)} bytes; expected {HASH_SIZE}")
     of = f" of agent {who!r}" if who else ""
+    sha256, pack, domain = hashlib.sha256, _HEADER.pack, _DOMAIN
     remaining: set[int] | None = None  # built only on the slow path
     for position, link in enumerate(links):
         if link.seq != expected_seq:
@@ -99,7 +114,8 @@ def verify_links(prev: bytes, expected_seq: int, links: Sequence[Link], *, who: 
                 f"expected seq {expected_seq}",
                 seq=expected_seq,
             )
-        computed = link_hash(prev, link.seq, link.event)
+        event = link.event
+        computed = sha256(domain + prev + pack(expected_seq, len(event)) + event).digest()
         if computed != link.hash:
             raise ModifiedEventError(
                 f"event seq {link.seq}{of} does not match its chain hash "

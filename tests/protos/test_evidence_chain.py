@@ -151,3 +151,19 @@ def test_link_is_frozen() -> None:
     link = extend(GENESIS, 0, [b"a"])[0]
     with pytest.raises(AttributeError):
         link.seq = 3  # type: ignore[misc]
+
+
+def test_extend_refuses_to_overflow_the_seq_space() -> None:
+    assert extend(GENESIS, 2**64 - 1, [b"last"])[0].seq == 2**64 - 1
+    with pytest.raises(MalformedError, match="overflow"):
+        extend(GENESIS, 2**64 - 1, [b"last", b"one too many"])
+
+
+def test_extend_refuses_a_bad_prev_even_with_no_events() -> None:
+    with pytest.raises(MalformedError):
+        extend(b"short", 0, [])
+
+
+def test_extend_accepts_any_iterable() -> None:
+    links = extend(GENESIS, 0, (bytes([i]) for i in range(3)))
+    assert verify_links(GENESIS, 0, links) == links[-1].hash
