@@ -162,13 +162,16 @@ def iter_records(
     start: int = SEG_HEADER.size,
     stop: int | None = None,
     headers_only: bool = False,
+    strict: bool = False,
 ) -> Iterator[RecordAt | Torn]:
     """Yield the records of a segment from byte `start` up to `stop` (default: end of file).
 
     A record cut short at the very end, or a bad final record followed only by zeros, is
     yielded as `Torn` and ends the iteration. A bad record with more bytes after it raises
-    JournalCorruptError. With `headers_only` the event bytes are skipped (Link.event = b"")
-    and the CRC is not checked: for building an index quickly.
+    JournalCorruptError. With `strict`, a whole final record whose checksum fails is an
+    error too (a crash cuts a record short; it does not change bytes in place). With
+    `headers_only` the event bytes are skipped (Link.event = b"") and the CRC is not
+    checked: for building an index quickly.
     """
     size = os.fstat(fh.fileno()).st_size if stop is None else stop
     offset = start
@@ -201,7 +204,7 @@ def iter_records(
         event = fh.read(length)
         expected = zlib.crc32(event, zlib.crc32(raw[4:44]))
         if expected != crc:
-            if end == size or _rest_is_zero(fh, offset, size):
+            if (end == size and not strict) or _rest_is_zero(fh, offset, size):
                 yield Torn(offset, size, "a final record whose checksum does not match")
                 return
             raise JournalCorruptError(
@@ -216,8 +219,13 @@ def iter_records(
         fh.seek(offset)
 
 
-def iter_checkpoints(fh: BinaryIO, path: Path) -> Iterator[CheckpointAt | Torn]:
-    """Yield the checkpoint notes of a .ckp file; a torn final entry ends it as `Torn`."""
+def iter_checkpoints(
+    fh: BinaryIO, path: Path, *, strict: bool = False
+) -> Iterator[CheckpointAt | Torn]:
+    """Yield the checkpoint notes of a .ckp file; a torn final entry ends it as `Torn`.
+
+    `strict` as for `iter_records`.
+    """
     size = os.fstat(fh.fileno()).st_size
     offset = 0
     fh.seek(0)
@@ -243,7 +251,7 @@ def iter_checkpoints(fh: BinaryIO, path: Path) -> Iterator[CheckpointAt | Torn]:
             )
         note = fh.read(length)
         if zlib.crc32(note) != crc:
-            if end == size or _rest_is_zero(fh, offset, size):
+            if (end == size and not strict) or _rest_is_zero(fh, offset, size):
                 yield Torn(offset, size, "a final checkpoint whose checksum does not match")
                 return
             raise JournalCorruptError(

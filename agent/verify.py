@@ -136,7 +136,7 @@ class _State:
                     f"{short(self.head)} (a segment is missing or was replaced)"
                 )
             hashes: list[bytes] = []
-            for item in fmt.iter_records(fh, path, max_event_bytes=MAX_EVENT_BYTES):
+            for item in fmt.iter_records(fh, path, max_event_bytes=MAX_EVENT_BYTES, strict=True):
                 if isinstance(item, fmt.Torn):
                     if not last:
                         raise _VerifyFailedError(
@@ -181,7 +181,7 @@ class _State:
         if not ckp.exists():
             return
         with ckp.open("rb") as fh:
-            for item in fmt.iter_checkpoints(fh, ckp):
+            for item in fmt.iter_checkpoints(fh, ckp, strict=True):
                 if isinstance(item, fmt.Torn):
                     self.notes.append(f"a torn final checkpoint in {ckp.name} ({item.reason})")
                     break
