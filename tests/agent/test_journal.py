@@ -191,7 +191,7 @@ def test_a_flipped_byte_is_found_by_verify(open_journal, dirs, what: str, expect
     (_, seg), *_ = fmt.list_segments(dirs[0])
     ckp = seg.with_suffix(fmt.CKP_SUFFIX)
     with seg.open("rb") as fh:
-        recs = [r for r in fmt.iter_records(fh, seg, max_event_bytes=1 << 20)]
+        recs = list(fmt.iter_records(fh, seg, max_event_bytes=1 << 20))
     r5 = recs[5]
     assert isinstance(r5, fmt.RecordAt)
     if what in ("event", "hash", "last-event"):
@@ -220,7 +220,7 @@ def test_a_recomputed_checksum_does_not_hide_a_changed_event(open_journal, dirs)
     j.close()
     (_, seg), *_ = fmt.list_segments(dirs[0])
     with seg.open("rb") as fh:
-        recs = [r for r in fmt.iter_records(fh, seg, max_event_bytes=1 << 20)]
+        recs = list(fmt.iter_records(fh, seg, max_event_bytes=1 << 20))
     r2 = recs[2]
     assert isinstance(r2, fmt.RecordAt)
     forged = bytearray(r2.link.event)
@@ -242,7 +242,7 @@ def test_truncated_journal_is_detected(open_journal, dirs) -> None:
     j.close()
     (_, seg), *_ = fmt.list_segments(dirs[0])
     with seg.open("rb") as fh:
-        recs = [r for r in fmt.iter_records(fh, seg, max_event_bytes=1 << 20)]
+        recs = list(fmt.iter_records(fh, seg, max_event_bytes=1 << 20))
     last = recs[-1]
     assert isinstance(last, fmt.RecordAt)
     os.truncate(seg, last.offset)  # a whole, checkpointed record removed
