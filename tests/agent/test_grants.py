@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -74,16 +73,17 @@ def test_a_file_that_is_not_a_list_is_refused(raw: bytes) -> None:
 
 def test_missing_file_means_no_grants(tmp_path: Path) -> None:
     gf = read_grants_file(tmp_path / "grants.json")
-    assert gf.grants == () and gf.refused == ()
+    assert gf.grants == ()
+    assert gf.refused == ()
 
 
 def test_a_file_others_can_write_is_refused(tmp_path: Path) -> None:
     p = tmp_path / "grants.json"
     p.write_bytes(data(entry()))
-    os.chmod(p, 0o666)
+    p.chmod(0o666)
     with pytest.raises(GrantsFileError, match="mode 0666"):
         read_grants_file(p)
-    os.chmod(p, 0o644)
+    p.chmod(0o644)
     assert len(read_grants_file(p).grants) == 1
 
 
@@ -110,6 +110,7 @@ def test_book_refuses_grants_the_agreement_does_not_know_once() -> None:
     active, recs = book.update(gf, T0)
     assert active == ()
     assert [r.kind for r in recs] == ["refused", "refused"]
-    assert "payroll" in recs[0].reason and "mallory" in recs[1].reason
+    assert "payroll" in recs[0].reason
+    assert "mallory" in recs[1].reason
     _, again = book.update(gf, T0)
     assert again == []
