@@ -242,9 +242,13 @@ _TYPE_NAMES: tuple[tuple[type, str], ...] = (
 
 def _pydantic_problems(exc: ValidationError, tree: Any, filename: str) -> list[Problem]:
     problems = []
-    for err in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False)
+    deeper = {tuple(e["loc"][:i]) for e in errors for i in range(len(e["loc"]))}
+    for err in errors:
         loc: Loc = tuple(err["loc"])
         kind = err["type"]
+        if kind == "too_short" and loc in deeper:
+            continue  # a list whose items were all refused: the items' problems say why
         if kind == "extra_forbidden":
             message = unknown_key_message(loc)
             line, col = position(tree, loc, key=True)
