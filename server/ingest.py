@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, TypeAlias
 import grpc
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from google.protobuf.message import DecodeError
 
 from protos.evidence import errors as ev
 from protos.evidence.chain import Link, verify_links
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 Code = pb.Refusal.Code
+_GARBAGE = "the message is not a serialised custodes.v1.AgentMessage"
 CodeValue: TypeAlias = "pb.Refusal.Code.ValueType"
 
 _VERDICTS = {
@@ -230,11 +232,8 @@ def check_batch(
     try:
         links = [Link(r.seq, r.event, r.chain_hash) for r in records]
         if first > next_seq:
-            raise ev.GapError(
-                f"batch of agent {who!r} starts at seq {first}, skipping seq "
-                f"{next_seq}..{first - 1}; expected seq {next_seq}",
-                seq=next_seq,
-            )
+            # verify_links names it: a reorder when next_seq comes later, else a gap.
+            verify_links(head, next_seq, links, who=who)
         if first == next_seq and batch.prev_hash != head:
             raise ev.ModifiedEventError(
                 f"batch of agent {who!r} at seq {first} does not continue the stored chain "
@@ -424,6 +423,9 @@ class AgentChannelService(rpc.AgentChannelServicer):
                 grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello arrived, expected one first"
             )
             return
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _GARBAGE)
+            return
         if first.WhichOneof("msg") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
             return
@@ -470,6 +472,10 @@ class AgentChannelService(rpc.AgentChannelServicer):
                 return
             except TimeoutError:
                 log.info("agent_idle", agent=name)
+                return
+            except DecodeError:
+                log.warning("garbage_received", agent=name)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _GARBAGE)
                 return
             which = message.WhichOneof("msg")
             if which == "batch":
