@@ -116,12 +116,12 @@ def sqlite_bare(path: Path, work: list[list[StoredRecord]]) -> float:
 
 def postgres_bare(url: str, work: list[list[StoredRecord]]) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(BARE.format(b="BYTEA"))  # type: ignore[arg-type]
+        conn.execute(BARE.format(b="BYTEA"))
         sql = f"INSERT INTO bare VALUES ({', '.join(['%s'] * len(EVENT_COLUMNS))})"
         t0 = time.perf_counter()
         for batch in work:
             with conn.transaction(), conn.cursor() as cur:
-                cur.executemany(sql, [event_row(r) for r in batch])  # type: ignore[arg-type]
+                cur.executemany(sql, [event_row(r) for r in batch])
         return time.perf_counter() - t0
 
 

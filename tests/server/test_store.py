@@ -23,7 +23,7 @@ def raw_execute(url: str, sql: str, params: tuple[object, ...] = ()) -> None:
     """Write behind the store's back, as another program with database access could."""
     if url.startswith("postgresql://"):
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+            conn.execute(sql.replace("?", "%s"), params)
     else:
         with sqlite3.connect(url) as conn:
             conn.execute(sql, params)
@@ -187,6 +187,17 @@ def test_idle_checkpoint_without_records_is_kept(store: Store) -> None:
     append(store, records("clinic-01", 0, 2))
     assert append(store, [], expected=2) == 2
     assert store.count_events() == 2
+
+
+def test_stale_idle_checkpoint_does_not_move_the_head_back(store: Store) -> None:
+    store.add_agent(agent_row())
+    batch = records("clinic-01", 0, 8)
+    append(store, batch)
+    assert append(store, [], expected=3) == 8
+    agent = store.get_agent("clinic-01")
+    assert agent is not None
+    assert (agent.next_seq, agent.head_hash) == (8, batch[-1].chain_hash)
+    assert agent.last_checkpoint == b"agent checkpoint 8\n"
 
 
 def test_replayed_batch_is_not_stored_twice(store: Store) -> None:

@@ -107,7 +107,7 @@ def test_failed_migration_leaves_the_schema_as_it_was(
 def _raw(url: str, sql: str) -> None:
     if url.startswith("postgresql://"):
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql)
     else:
         with sqlite3.connect(url) as conn:
             conn.execute(sql)
