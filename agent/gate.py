@@ -31,7 +31,7 @@ import structlog
 from agent import attribute as attr
 from agent import fanotify as fan
 from agent.identities import Identities, resolve
-from agent.marks import GateError, Marker, PathMap, RootPlan, plan
+from agent.marks import DirEntryChange, GateError, Marker, PathMap, RootPlan, plan
 from agent.records import AccessRecord, Attribution, EventSink
 from policies.model import Action, Decision, Grant, Subject, SubjectKind, Verdict
 
@@ -102,7 +102,8 @@ class GateStats:
     exempt: int
     errors: int
     journal_failures: int  # denies answered EPERM although the journal could not keep them
-    recorded_changes: int  # creates/deletes/renames recorded (not gated)
+    recorded_changes: int  # a technician's creates/deletes/renames recorded (not gated)
+    unattributed_changes: int  # changes whose actor exited before it could be identified
     marks: int
     new_dirs: int
     found_in_new_dirs: int
@@ -163,7 +164,7 @@ class Gate:
         self.report_tid = True
         # Counters: each is written by one thread only (the answer thread, or under
         # _resp_lock for the journal's callbacks), so no lock on the hot path.
-        self._n = [0] * 7  # events, allowed, tech, unknown_admin, exempt, errors, changes
+        self._n = [0] * 8  # events allowed tech unknown_admin exempt errors changes unattributed
         self._denied = 0
         self._journal_failures = 0
         self._hist = [0] * 64
@@ -212,6 +213,7 @@ class Gate:
         (the old policy and marks stay) when a new root may not be marked.
         """
         wanted = list(roots) if roots is not None else [d for _, d in policy.area_roots()]
+        self._own.add(threading.get_native_id())  # it lists marked directories when re-marking
         state = _PolicyState(policy, _identities(policy))
         marker = self._marker
         if marker is None:
@@ -301,6 +303,7 @@ class Gate:
             errors=n[5],
             journal_failures=self._journal_failures,
             recorded_changes=n[6],
+            unattributed_changes=n[7],
             marks=self.marks,
             new_dirs=ms.new_dirs if ms else 0,
             found_in_new_dirs=ms.found_in_new_dirs if ms else 0,
@@ -368,8 +371,8 @@ class Gate:
             if loginuid is not None and loginuid in techs:
                 self._technician(mask, efd, pid, uid, loginuid, t0)
                 continue
-            write(fd, _PACK(efd, fan.FAN_ALLOW))
             n[1] += 1
+            write(fd, _PACK(efd, fan.FAN_ALLOW))
             hist[(clock_ns() - t0).bit_length()] += 1
             if uid == 0 and loginuid is not None and loginuid not in ids.principal_uids:
                 self._unknown_admin(efd, pid, uid, loginuid)
@@ -516,28 +519,43 @@ class Gate:
             if not buf or self._marker is None:
                 return
             try:
-                for change in self._marker.handle(fan.parse(buf)):
-                    self._record_change(change.mask, change.pid, change.path, change.is_dir)
+                events = fan.parse(buf)
+                # Attribute before anything slower: the actor is not blocked and may be gone
+                # within a millisecond (an `mv` from a shell).
+                actors = {e.pid: self._actor(e.pid) for e in events}
+                for change in self._marker.handle(events):
+                    self._record_change(change, *actors[change.pid])
             except Exception as e:  # keep watching: a lost change is counted, not fatal
                 self._n[5] += 1
                 log.exception("gate_watch_failed", error=str(e))
 
-    def _record_change(self, mask: int, pid: int, path: str, is_dir: bool) -> None:
+    def _actor(self, pid: int) -> tuple[int, int | None, Attribution | None]:
+        """uid, loginuid and (for a technician) the full attribution of a change's actor."""
         if pid in self._own:
-            return
+            return -1, None, None
         uid = attr.uid_of(pid)
-        loginuid = attr.loginuid_of(pid) if uid >= 0 else None
-        state = self._state
-        kind, _tech = state.ids.classify(uid, loginuid)
+        if uid < 0:
+            self._n[7] += 1  # gone before we looked: cannot tell who it was
+            return -1, None, None
+        loginuid = attr.loginuid_of(pid)
+        kind, _ = self._state.ids.classify(uid, loginuid)
         if kind is not SubjectKind.TECHNICIAN:
+            return uid, loginuid, None
+        return uid, loginuid, attr.attribute(pid, uid, loginuid, self._names, enrich=True)
+
+    def _record_change(
+        self, change: DirEntryChange, uid: int, loginuid: int | None, who: Attribution | None
+    ) -> None:
+        if who is None:
             return
+        mask, path, is_dir = change.mask, change.path, change.is_dir
+        state = self._state
         if mask & fan.FAN_DELETE:
             action = Action.DELETE
         elif mask & (fan.FAN_MOVED_TO | fan.FAN_MOVED_FROM):
             action = Action.RENAME
         else:
             action = Action.CREATE
-        who = attr.attribute(pid, uid, loginuid, self._names, enrich=True)
         now = self._clock()
         subject = Subject(who.account, who.login_account, who.exe or None)
         at = datetime.fromtimestamp(now / 1e9, tz=UTC)
