@@ -30,8 +30,10 @@ Code = pb.Refusal.Code
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProc]:
-    with running_server(tmp_path / "data") as s:
+def server(tmp_path: Path, store_url: str) -> Iterator[ServerProc]:
+    """A real server on SQLite in its data directory, or on a fresh PostgreSQL database."""
+    database = store_url if store_url.startswith("postgresql") else None
+    with running_server(tmp_path / "data", database) as s:
         yield s
 
 
@@ -41,7 +43,7 @@ def agent(server: ServerProc, tmp_path: Path) -> Agent:
 
 
 def stored(server: ServerProc, agent_id: str) -> tuple[int, list[str]]:
-    store = open_store(f"sqlite:///{server.data / 'custodes.db'}")
+    store = open_store(server.database or f"sqlite:///{server.data / 'custodes.db'}")
     try:
         return store.count_events(agent_id), [r.kind for r in store.integrity_events(agent_id)]
     finally:
@@ -189,7 +191,8 @@ def test_first_message_must_be_hello(server: ServerProc, agent: Agent) -> None:
 
 
 def test_revoked_agent_is_refused(server: ServerProc, agent: Agent) -> None:
-    cli("server", "agent", "revoke", "host-01", "--data", str(server.data))
+    db = ["--database", server.database] if server.database else []
+    cli("server", "agent", "revoke", "host-01", "--data", str(server.data), *db)
     chain = Chain(agent)
     chain.grow(2)
     with pytest.raises(grpc.RpcError) as info:
