@@ -83,6 +83,10 @@ class CompiledAgreement:
             for day in block.days:
                 self._hours[DAYS.index(day)].append((block.start, block.end))
         self._holidays = frozenset(agreement.holidays)
+        self._last_hours: tuple[datetime, bool] | None = None
+        # Decisions that depend only on (rule, who, area, action) are immutable and reused;
+        # their number is bounded by the agreement's size, and capped here besides.
+        self.decision_cache: dict[tuple[str, ...], Decision] = {}
 
     @staticmethod
     def _index_scope(agreement: Agreement) -> Mapping[str, tuple[ScopeRule, ...]]:
@@ -106,7 +110,10 @@ class CompiledAgreement:
         then more segments, then fewer `**`), then the area listed first. An area's
         `exclude` globs take a path out of that area only.
         """
-        path = normalise_path(path)
+        return self.area_for_normalised(normalise_path(path))
+
+    def area_for_normalised(self, path: str) -> AreaMatch | None:
+        """`area_for` for a path already passed through `normalise_path`."""
         hits = self._trie.match(path[1:].split("/") if len(path) > 1 else [])
         if not hits:
             return None
@@ -148,13 +155,19 @@ class CompiledAgreement:
 
     def in_business_hours(self, at: datetime) -> bool:
         """True when `at` (timezone-aware) falls in business hours in the agreement's zone."""
+        last = self._last_hours
+        if last is not None and last[0] == at and at.tzinfo is not None:
+            return last[1]
         if at.tzinfo is None:
             raise ValueError(f"{at.isoformat()} has no time zone; expected an aware datetime")
         local = at.astimezone(self.timezone)
         if local.date() in self._holidays:
-            return False
-        now = local.time().replace(tzinfo=None)
-        return any(start <= now < end for start, end in self._hours[local.weekday()])
+            result = False
+        else:
+            now = local.time().replace(tzinfo=None)
+            result = any(start <= now < end for start, end in self._hours[local.weekday()])
+        self._last_hours = (at, result)
+        return result
 
     def jit_rules_for(self, technician: str, area: str, action: Action) -> list[JitRule]:
         """The just-in-time rules under which `technician` may request `action` in `area`."""

@@ -1,6 +1,8 @@
 """The decision: who the subject is, which area the path is in, what the agreement says.
 
-Pure: no clock, no I/O. `at` is passed in and must be timezone-aware.
+Pure: no clock, no I/O. `at` is passed in and must be timezone-aware. Decisions that depend
+only on the rule, the subject's name, the area and the action are built once and reused
+(they are frozen); those naming a time or a grant are built each time.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from typing import TYPE_CHECKING
 from policies.model import Action, Decision, Grant, Subject, SubjectKind, Verdict
 
 if TYPE_CHECKING:
-    from policies.compile import CompiledAgreement
+    from policies.compile import AreaMatch, CompiledAgreement
+
+CACHE_LIMIT = 100_000
 
 
 def normalise_path(path: str) -> str:
@@ -50,117 +54,199 @@ def decide(  # noqa: PLR0917 - the signature the gate and server code against
     so) → allow; covered by a grant the agreement honours → allow; else deny. Principals
     are allowed; other subjects get the agreement's `others` verdict.
     """
-    path = normalise_path(path)
     kind, name = compiled.classify(subject)
-    match = compiled.area_for(path)
-    area = match.area if match is not None else None
-    kinds = match.kinds if match is not None else ()
-    people = match.individuals_estimate if match is not None else 0
+    match = compiled.area_for_normalised(normalise_path(path))
+    area = match.area if match is not None else ""
+    cache = compiled.decision_cache
+
+    if kind is SubjectKind.TECHNICIAN:
+        tech = name or ""
+        if match is None:
+            key: tuple[str, ...] = ("outside_areas", tech)
+            found = cache.get(key)
+            if found is None:
+                found = _remember(
+                    cache,
+                    key,
+                    Decision(
+                        Verdict.ALLOW,
+                        f"{tech} is outside every sensitive area",
+                        "outside_areas",
+                        kind,
+                        technician=tech,
+                    ),
+                )
+            return found
+        return _technician(compiled, tech, match, action, at, grants)
 
     if kind is SubjectKind.PRINCIPAL:
-        return Decision(
-            Verdict.ALLOW,
-            f"{name} is a service principal of the agreement and always allowed",
-            "principal",
-            kind,
-            principal=name,
-            area=area,
-            kinds=kinds,
-            individuals_estimate=people,
-        )
-    if kind is SubjectKind.OTHER:
-        verdict = Verdict(compiled.agreement.others)
-        who = subject.account
-        pin_note = ""
-        principal = compiled.principal_accounts.get(subject.account)
-        if principal is not None:
-            pin_note = (
-                f" ({subject.account} belongs to principal {principal}, but only when running"
-                f" {compiled.pinned_exe(principal)}, not {subject.exe or 'an unknown program'})"
+        key = ("principal", name or "", area)
+        found = cache.get(key)
+        if found is None:
+            found = _remember(
+                cache,
+                key,
+                _in_area(
+                    match,
+                    Verdict.ALLOW,
+                    f"{name} is a service principal of the agreement and always allowed",
+                    "principal",
+                    kind,
+                    principal=name,
+                ),
             )
-        return Decision(
+        return found
+
+    verdict = Verdict(compiled.agreement.others)
+    principal = compiled.principal_accounts.get(subject.account)
+    if principal is not None:  # a principal's account running an unpinned program
+        return _in_area(
+            match,
             verdict,
-            f"{who} is not a technician; the agreement {verdict}s its other users{pin_note}",
+            f"{subject.account} belongs to principal {principal} only when running "
+            f"{compiled.pinned_exe(principal)}, not {subject.exe or 'an unknown program'}; "
+            f"as another user, the agreement {verdict}s it",
             "other_subject",
             kind,
-            area=area,
-            kinds=kinds,
-            individuals_estimate=people,
         )
-
-    tech = name
-    if match is None:
-        return Decision(
-            Verdict.ALLOW,
-            f"{tech} is outside every sensitive area",
-            "outside_areas",
-            kind,
-            technician=tech,
+    key = ("other_subject", area)
+    found = cache.get(key)
+    if found is None:
+        found = _remember(
+            cache,
+            key,
+            _in_area(
+                match,
+                verdict,
+                f"not a technician or principal of the agreement; it {verdict}s other users",
+                "other_subject",
+                kind,
+            ),
         )
+    return found
 
+
+def _remember(
+    cache: dict[tuple[str, ...], Decision], key: tuple[str, ...], d: Decision
+) -> Decision:
+    if len(cache) < CACHE_LIMIT:
+        cache[key] = d
+    return d
+
+
+def _in_area(
+    match: AreaMatch | None,
+    verdict: Verdict,
+    reason: str,
+    rule: str,
+    kind: SubjectKind,
+    *,
+    technician: str | None = None,
+    principal: str | None = None,
+    grant_id: str | None = None,
+) -> Decision:
+    return Decision(
+        verdict,
+        reason,
+        rule,
+        kind,
+        technician=technician,
+        principal=principal,
+        area=match.area if match is not None else None,
+        kinds=match.kinds if match is not None else (),
+        individuals_estimate=match.individuals_estimate if match is not None else 0,
+        grant_id=grant_id,
+    )
+
+
+def _technician(  # noqa: PLR0917 - internal step of decide, same arguments
+    compiled: CompiledAgreement,
+    tech: str,
+    match: AreaMatch,
+    action: Action,
+    at: datetime,
+    grants: Sequence[Grant],
+) -> Decision:
+    area = match.area
+    cache = compiled.decision_cache
+    kind = SubjectKind.TECHNICIAN
     outside_hours = False
-    for rule in compiled.scope[match.area]:
+    for rule in compiled.scope[area]:
         if action in rule.actions and (rule.technicians is None or tech in rule.technicians):
             if rule.any_hours or compiled.in_business_hours(at):
-                return Decision(
-                    Verdict.ALLOW,
-                    f"{tech} may {action} {area} without a grant (in scope)",
-                    "in_scope",
-                    kind,
-                    technician=tech,
-                    area=area,
-                    kinds=kinds,
-                    individuals_estimate=people,
-                )
+                key = ("in_scope", tech, area, action)
+                found = cache.get(key)
+                if found is None:
+                    found = _remember(
+                        cache,
+                        key,
+                        _in_area(
+                            match,
+                            Verdict.ALLOW,
+                            f"{tech} may {action} {area} without a grant (in scope)",
+                            "in_scope",
+                            kind,
+                            technician=tech,
+                        ),
+                    )
+                return found
             outside_hours = True
 
     refused = ""
     for grant in grants:
-        if grant.covers(tech or "", match.area, action, at):
+        if grant.covers(tech, area, action, at):
             why_not = compiled.grant_refusal(grant, action)
             if why_not is not None:
                 refused = f"grant {grant.id} is not honoured: {why_not}"
                 continue
             until = grant.end.astimezone(compiled.timezone).isoformat(timespec="minutes")
-            rule_name = "break_glass" if grant.break_glass else "grant"
             label = "break-glass grant" if grant.break_glass else "grant"
-            return Decision(
+            return _in_area(
+                match,
                 Verdict.ALLOW,
                 f"{tech} may {action} {area} under {label} {grant.id} until {until}",
-                rule_name,
+                "break_glass" if grant.break_glass else "grant",
                 kind,
                 technician=tech,
-                area=area,
-                kinds=kinds,
-                individuals_estimate=people,
                 grant_id=grant.id,
             )
 
     if outside_hours:
         local = at.astimezone(compiled.timezone)
-        reason = (
+        return _in_area(
+            match,
+            Verdict.DENY,
             f"{tech} may {action} {area} only in business hours; it is "
-            f"{local:%a %H:%M} {compiled.timezone.key}, and {refused or 'no grant is active'}"
+            f"{local:%a %H:%M} {compiled.timezone.key}, and {refused or 'no grant is active'}",
+            "outside_hours",
+            kind,
+            technician=tech,
         )
-        rule_name = "outside_hours"
-    else:
-        reason = f"{tech} may {action} {area} only with a grant; {refused or 'none is active'}"
-        if not refused and not _grantable(compiled, tech or "", match.area, action):
+    if refused:
+        return _in_area(
+            match,
+            Verdict.DENY,
+            f"{tech} may {action} {area} only with a grant; {refused}",
+            "out_of_scope",
+            kind,
+            technician=tech,
+        )
+    key = ("out_of_scope", tech, area, action)
+    found = cache.get(key)
+    if found is None:
+        if _grantable(compiled, tech, area, action):
+            reason = f"{tech} may {action} {area} only with a grant; none is active"
+        else:
             reason = (
                 f"{tech} may not {action} {area}: the agreement allows it neither in scope "
                 "nor by just-in-time grant"
             )
-        rule_name = "out_of_scope"
-    return Decision(
-        Verdict.DENY,
-        reason,
-        rule_name,
-        kind,
-        technician=tech,
-        area=area,
-        kinds=kinds,
-        individuals_estimate=people,
-    )
+        found = _remember(
+            cache,
+            key,
+            _in_area(match, Verdict.DENY, reason, "out_of_scope", kind, technician=tech),
+        )
+    return found
 
 
 def _grantable(compiled: CompiledAgreement, tech: str, area: str, action: Action) -> bool:

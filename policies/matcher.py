@@ -64,10 +64,11 @@ class PathTrie(Generic[T]):
         """Payloads of every glob matching the path split into `segments` (may repeat)."""
         out: list[T] = []
         n = len(segments)
-        stack: list[tuple[_Node[T], int]] = [(self._root, 0)]
+        stack: list[tuple[_Node[T], int]] = []
         seen: set[tuple[int, int]] | None = None
-        while stack:
-            node, i = stack.pop()
+        node = self._root
+        i = 0
+        while True:
             ds = node.dstar
             if ds is not None:
                 if ds.leaf:
@@ -83,12 +84,18 @@ class PathTrie(Generic[T]):
             if i == n:
                 if node.terminal:
                     out.extend(node.terminal)
-                continue
-            seg = segments[i]
-            child = node.literal.get(seg)
-            if child is not None:
-                stack.append((child, i + 1))
-            for fullmatch, wchild in node.wild:
-                if fullmatch(seg) is not None:
-                    stack.append((wchild, i + 1))
-        return out
+            else:
+                seg = segments[i]
+                if node.wild:
+                    for fullmatch, wchild in node.wild:
+                        if fullmatch(seg) is not None:
+                            stack.append((wchild, i + 1))
+                child = node.literal.get(seg)
+                if child is not None:
+                    # follow the literal chain without a push: the common, hot case
+                    node = child
+                    i += 1
+                    continue
+            if not stack:
+                return out
+            node, i = stack.pop()
