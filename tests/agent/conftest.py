@@ -7,6 +7,7 @@ create under a fresh temporary directory.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pwd
 import shutil
@@ -27,6 +28,9 @@ from policies.model import Action, Decision, Grant, Subject, SubjectKind, Verdic
 
 TECH = "ctest-tech1"
 STAFF = "ctest-staff1"
+ACCOUNTS_LOCK = (
+    "/tmp/ctest-accounts.lock"  # sessions share the accounts; the last one out removes them
+)
 OPENER = "/usr/bin/python3"  # the system interpreter: outside every area we mark
 WAIT_S = 10.0
 
@@ -150,20 +154,23 @@ def accounts() -> Iterator[dict[str, pwd.struct_passwd]]:
     """Test OS accounts ctest-tech1 and ctest-staff1, removed at the end."""
     if os.geteuid() != 0:
         pytest.skip("needs root to create test accounts")
-    made = [n for n in (TECH, STAFF) if not _exists(n)]
+    # Several test sessions may run at once (engineers in parallel): each holds a shared lock
+    # while it uses the accounts; whoever can take it exclusively at the end removes them.
+    lock = os.open(ACCOUNTS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        yield {n: _ensure_user(n) for n in (TECH, STAFF)}
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        made = {n: _ensure_user(n) for n in (TECH, STAFF)}
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        yield made
     finally:
-        for n in made:
-            subprocess.run(["userdel", n], check=False, timeout=30)
-
-
-def _exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # another session still uses them
+        else:
+            for n in (TECH, STAFF):
+                subprocess.run(["userdel", n], check=False, timeout=30)
+        os.close(lock)
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ def make_gate(accounts: dict[str, pwd.struct_passwd]) -> Iterator[GateFactory]:
         sink = sink or FakeSink()
         policy = policy or FakePolicy(
             roots=[("records", str(root))],
-            technician_accounts={TECH: "tess"},
+            technician_accounts={accounts[TECH].pw_name: "tess"},
             scope={"tess": [(str(root / "allowed"), READ)]},
         )
         gate = Gate(policy=policy, sink=sink, roots=roots or [str(root)])
@@ -94,7 +94,7 @@ def test_technician_is_denied_outside_scope_and_allowed_inside(
     assert denied.path == str(area / "secret/f.txt")
     assert denied.action is Action.READ
     assert denied.attribution.uid == tech.pw_uid
-    assert denied.attribution.account == TECH
+    assert denied.attribution.account == accounts[TECH].pw_name
     assert denied.attribution.exe  # enriched for technicians
     assert denied.decision.rule == "out_of_scope"
     allowed = sink.wait_for(lambda r: r.decision.rule == "in_scope")
@@ -146,7 +146,7 @@ def test_root_with_technician_loginuid_is_attributed_to_the_technician(
     rec = sink.wait_for(_denied)
     assert rec.attribution.uid == 0
     assert rec.attribution.loginuid == tech_uid
-    assert rec.attribution.login_account == TECH
+    assert rec.attribution.login_account == accounts[TECH].pw_name
     assert rec.decision.technician == "tess"
 
 
@@ -178,7 +178,7 @@ def test_loginuid_survives_su_and_a_switch_to_another_account(
     recs = [r for r in sink.records if _denied(r)]
     assert len(recs) >= 2
     assert {r.attribution.uid for r in recs} == {0, staff.pw_uid}
-    assert all(r.attribution.login_account == TECH for r in recs)
+    assert all(r.attribution.login_account == accounts[TECH].pw_name for r in recs)
 
 
 def test_interactive_root_not_named_in_the_agreement_is_journaled_as_unknown_admin(
@@ -343,7 +343,7 @@ def test_deny_that_cannot_be_journaled_is_still_denied(
 
 
 def test_gate_refuses_to_mark_root(accounts: dict[str, pwd.struct_passwd]) -> None:
-    policy = FakePolicy(roots=[("all", "/")], technician_accounts={TECH: "tess"})
+    policy = FakePolicy(roots=[("all", "/")], technician_accounts={accounts[TECH].pw_name: "tess"})
     gate = Gate(policy=policy, sink=FakeSink(), roots=["/"])
     with pytest.raises(MarkRefused, match="refusing to mark '/'"):
         gate.start()
@@ -392,7 +392,9 @@ def test_fail_open_from_another_thread_unblocks_openers_of_a_stuck_gate(
     workdir: Path, accounts: dict[str, pwd.struct_passwd], make_gate: GateFactory
 ) -> None:
     area = _area(workdir / "area")
-    policy = _StuckPolicy(roots=[("records", str(area))], technician_accounts={TECH: "tess"})
+    policy = _StuckPolicy(
+        roots=[("records", str(area))], technician_accounts={accounts[TECH].pw_name: "tess"}
+    )
     policy.release, policy.entered = threading.Event(), threading.Event()
     gate, _, _ = make_gate(area, policy=policy)
     tech = start_opener("r", str(area / "secret/f.txt"), user=accounts[TECH])
@@ -439,7 +441,7 @@ def test_swap_policy_with_a_new_root_marks_it_and_unmarks_the_old(
     gate, policy, _ = make_gate(first)
     swapped = FakePolicy(
         roots=[("records", str(second))],
-        technician_accounts={TECH: "tess"},
+        technician_accounts={accounts[TECH].pw_name: "tess"},
         version="fake-2",
     )
     gate.swap_policy(swapped)
