@@ -115,6 +115,8 @@ def parse_glob(glob: str) -> tuple[Segment, ...]:
             segments.append(Segment("wild", part))
         else:
             segments.append(Segment("literal", part))
+    if len(segments) == 1 and segments[0].kind == "literal":
+        raise ValueError(f"{glob!r} is a top-level entry; its directory to mark would be '/'")
     if segments[0].kind != "literal":
         raise ValueError(
             f"{glob!r} starts with a wildcard; expected a literal top directory such as /srv"
@@ -125,13 +127,16 @@ def parse_glob(glob: str) -> tuple[Segment, ...]:
 def literal_root(segments: tuple[Segment, ...]) -> str:
     """The directory to mark for a glob: its literal segments before the first wildcard.
 
-    A fully literal glob names one file or directory, and is returned whole.
+    A fully literal glob names one file or directory: its parent directory is returned,
+    which holds it (the gate marks directories).
     """
     literal: list[str] = []
     for seg in segments:
         if seg.kind != "literal":
             break
         literal.append(seg.text)
+    if len(literal) == len(segments):
+        literal = literal[:-1]
     return "/" + "/".join(literal)
 
 

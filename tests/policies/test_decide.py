@@ -11,6 +11,7 @@ import pytest
 
 from policies.compile import CompiledAgreement, compile_agreement
 from policies.decide import decide, normalise_path
+from policies.globs import literal_root, parse_glob
 from policies.load import parse_agreement
 from policies.model import Action, Grant, Subject, SubjectKind, Verdict
 from tests.policies.conftest import VALID
@@ -283,3 +284,17 @@ def test_business_hours_in_agreement_zone(compiled: CompiledAgreement) -> None:
 )
 def test_normalise_path(raw: str, expected: str) -> None:
     assert normalise_path(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("glob", "root"),
+    [
+        ("/srv/bp/docs/**", "/srv/bp/docs"),
+        ("/srv/bp/*/notes/**", "/srv/bp"),
+        ("/srv/bp/letters/*.pdf", "/srv/bp/letters"),
+        ("/srv/bp/db/main.bak", "/srv/bp/db"),  # fully literal: the directory holding it
+        ("/srv/a?", "/srv"),
+    ],
+)
+def test_literal_root(glob: str, root: str) -> None:
+    assert literal_root(parse_glob(glob)) == root

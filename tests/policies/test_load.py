@@ -71,6 +71,7 @@ MUTATIONS = [
     ("glob_double_slash", "paths: [/srv/backups/**]", "paths: [/srv//backups/**]", "paths: [/srv//", "areas[1].paths[0]", "empty segment"),
     ("glob_dotdot", "paths: [/srv/backups/**]", "paths: [/srv/../backups/**]", "paths: [/srv/..", "areas[1].paths[0]", "'..' segment"),
     ("glob_root", "paths: [/srv/backups/**]", "paths: [/]", "paths: [/]", "areas[1].paths[0]", "whole machine"),
+    ("glob_top_level_literal", "paths: [/srv/backups/**]", "paths: [/srv]", "paths: [/srv]", "areas[1].paths[0]", "would be '/'"),
     ("glob_wild_top", "paths: [/srv/backups/**]", "paths: ['/**']", "paths: ['/**']", "areas[1].paths[0]", "literal top directory"),
     ("same_glob_two_areas", "paths: [/srv/backups/**]", "paths: [/srv/bp/docs/**]", "paths: [/srv/bp/docs/**]\n    kinds: [health]\n", "areas[1].paths[0]", "already in area 'patient-docs'"),
     ("exclude_equals_path", "exclude: [/srv/bp/docs/templates/**]", "exclude: [/srv/bp/docs/**]", "exclude:", "areas[0].exclude[0]", "would empty it"),

@@ -60,7 +60,7 @@ segment = st.one_of(literal, literal, wild, st.just("**"))
 @st.composite
 def globs(draw: st.DrawFn) -> str:
     first = draw(literal)
-    rest = draw(st.lists(segment, max_size=4))
+    rest = draw(st.lists(segment, min_size=1, max_size=4))
     out: list[str] = [first]
     for seg in rest:
         if seg == "**" and out[-1] == "**":
