@@ -8,10 +8,11 @@ sequence number is bound in by the journal's writer thread, which alone knows it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.records import AccessRecord
-from policies.model import Action, SubjectKind, Verdict
+from policies.model import Action, Decision, SubjectKind, Verdict
 from protos.errors import CustodesError
 from protos.wire import pb
 
@@ -159,40 +160,70 @@ def mode_value(mode: str) -> pb.GateMode.ValueType:
         raise ValueError(f"gate mode {mode!r}, expected one of {sorted(_MODES)}") from None
 
 
-def _access(rec: AccessRecord, out: pb.AccessDecision) -> None:
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        bits = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field: tag, length, payload (protobuf wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+class _Cache:
+    """A small bounded memo: the same technician and decision repeat across many events."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._d: dict[object, bytes] = {}
+        self._limit = limit
+
+    def get(self, key: object, make: Callable[[], bytes]) -> bytes:
+        hit = self._d.get(key)
+        if hit is None:
+            if len(self._d) >= self._limit:
+                self._d.clear()
+            hit = self._d[key] = make()
+        return hit
+
+
+_SUBJECTS = _Cache()
+_DECISIONS = _Cache()
+_AREAS = _Cache()
+_HEADERS = _Cache(64)
+
+
+def _subject(rec: AccessRecord) -> bytes:
     att = rec.attribution
     d = rec.decision
-    s = out.subject
+    s = pb.Subject(os_user=att.account, uid=att.uid, pid=att.pid)
     if d.subject_kind is SubjectKind.TECHNICIAN and d.technician:
         s.technician = d.technician
     if d.principal:
         s.principal = d.principal
-    s.os_user = att.account
-    s.uid = att.uid
     s.loginuid = -1 if att.loginuid is None else att.loginuid
     if att.login_account:
         s.login_user = att.login_account
     if att.session_id is not None:
         s.session_id = att.session_id
-    s.pid = att.pid
     if att.ppid is not None:
         s.ppid = att.ppid
     if att.exe:
         s.exe = att.exe
     if att.cmdline:
         s.cmdline = att.cmdline[:MAX_CMDLINE]
-    o = out.object
-    o.path = rec.path[:MAX_PATH]
-    if d.area:
-        o.area = d.area
-    if d.kinds:
-        o.kinds.extend(d.kinds)
-    if d.individuals_estimate:
-        o.individuals_estimate = d.individuals_estimate
-    o.device = rec.device
-    o.inode = rec.inode
-    out.action = _ACTIONS[rec.action]
-    out.rule = d.rule
+    return _field(1, s.SerializeToString())
+
+
+def _decision(rec: AccessRecord) -> bytes:
+    d = rec.decision
+    out = pb.AccessDecision(action=_ACTIONS[rec.action], rule=d.rule)
     if d.grant_id:
         out.grant_id = d.grant_id
     if rec.enforcing:
@@ -204,6 +235,36 @@ def _access(rec: AccessRecord, out: pb.AccessDecision) -> None:
         out.verdict = pb.VERDICT_OBSERVED
         out.reason = f"would {d.verdict.value}: {d.reason}"
         out.mode = pb.GATE_MODE_MONITOR
+    return out.SerializeToString()
+
+
+def _area(d: Decision) -> bytes:
+    return pb.Object(
+        area=d.area or "", kinds=d.kinds, individuals_estimate=d.individuals_estimate
+    ).SerializeToString()
+
+
+def _access(rec: AccessRecord) -> bytes:
+    """The AccessDecision bytes, assembled from memoised parts.
+
+    Protobuf parsers merge repeated occurrences of a message field, so a message may be
+    written as the concatenation of its parts; the bytes are hashed as they are, never
+    re-serialised, so nothing depends on one canonical order.
+    """
+    d = rec.decision
+    subject = _SUBJECTS.get(
+        (rec.attribution, d.subject_kind, d.technician, d.principal), lambda: _subject(rec)
+    )
+    scalars = _DECISIONS.get((rec.action, d, rec.enforcing), lambda: _decision(rec))
+    area = _AREAS.get((d.area, d.kinds, d.individuals_estimate), lambda: _area(d))
+    obj = pb.Object(path=rec.path[:MAX_PATH], device=rec.device, inode=rec.inode)
+    return subject + _field(2, area + obj.SerializeToString()) + scalars
+
+
+def _header(origin: Origin) -> bytes:
+    return pb.Event(
+        agent_id=origin.agent_id, client=origin.client, boot_id=origin.boot_id
+    ).SerializeToString()
 
 
 def encode(rec: JournalRecord, origin: Origin, seq: int, now_nanos: int) -> bytes:
@@ -211,11 +272,13 @@ def encode(rec: JournalRecord, origin: Origin, seq: int, now_nanos: int) -> byte
 
     `now_nanos` is used when the record carries no time of its own (unix_nanos == 0).
     """
+    if isinstance(rec, AccessRecord):
+        head = _HEADERS.get(origin, lambda: _header(origin))
+        tail = pb.Event(seq=seq, unix_nanos=rec.unix_nanos or now_nanos).SerializeToString()
+        return head + tail + _field(10, _access(rec))
     ev = pb.Event(agent_id=origin.agent_id, client=origin.client, boot_id=origin.boot_id, seq=seq)
     ev.unix_nanos = rec.unix_nanos or now_nanos
     match rec:
-        case AccessRecord():
-            _access(rec, ev.access)
         case AgentStartedRecord():
             b = ev.started
             b.previous_run_clean = rec.previous_run_clean
