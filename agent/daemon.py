@@ -164,6 +164,9 @@ class Daemon:
         self._grants_stamp: FileStamp | None = None
         self._agreement_stamp: FileStamp | None = None
         self._last_grants: tuple[str, ...] = ()
+        self._ship_stop = threading.Event()
+        self._ship_thread: threading.Thread | None = None
+        self._epoch_from = 0  # seq at which the current signing epoch began (this run)
 
     # -- start ---------------------------------------------------------------------------
 
@@ -251,6 +254,8 @@ class Daemon:
         )
         self._refresh_grants(force=True)
         journal.flush()
+        self._epoch_from = journal.next_seq
+        self._start_shipping(journal)
         log.info(
             "agent_started",
             agent_id=cfg.agent_id,
@@ -304,10 +309,34 @@ class Daemon:
             if now >= next_beat:
                 next_beat = now + limits.heartbeat_seconds
                 self._heartbeat(meter)
+            self._maybe_rotate_key()
             if self._gate_progressing():
                 sd_notify("WATCHDOG=1")
         self._close(self._stop_reason)
         return self._exit_code
+
+    def _start_shipping(self, journal: Journal) -> None:
+        from agent.enroll import Credentials  # noqa: PLC0415 - grpc only when enrolled
+        from agent.ship import Shipper  # noqa: PLC0415
+
+        creds = Credentials(self.cfg.state_dir)
+        if not creds.exists():
+            log.info("shipping_disabled", reason="not enrolled", state_dir=str(self.cfg.state_dir))
+            return
+        shipper = Shipper(
+            journal, creds, self.cfg.agent_id, self.cfg.client, server=self.cfg.server
+        )
+        self._ship_thread = shipper.run_in_thread(self._ship_stop)
+        log.info("shipping_started", server=shipper.server)
+
+    def _maybe_rotate_key(self) -> None:
+        every = self.cfg.limits.epoch_events
+        journal = self._journal
+        if not every or journal is None or journal.next_seq - self._epoch_from < every:
+            return
+        self._epoch_from = journal.next_seq
+        journal.rotate_key()
+        log.info("key_rotation_started", epoch=journal.epoch + 1, at_seq=journal.next_seq)
 
     def _gate_progressing(self) -> bool:
         gate = self.gate
@@ -457,6 +486,9 @@ class Daemon:
             with contextlib.suppress(Exception):
                 gate.stop()
             self.gate = None
+        self._ship_stop.set()
+        if self._ship_thread is not None:
+            self._ship_thread.join(10.0)
         journal = self._journal
         if journal is not None:
             if reason != "start failed":
