@@ -388,3 +388,24 @@ def test_tells_systemd_ready_and_pets_the_watchdog(world: World, agents: list[Ag
             while True:
                 rest.append(sock.recv(4096).decode())
         assert "STOPPING=1" in rest
+
+
+def test_monitor_mode_is_stated_at_start_and_in_every_heartbeat(
+    world: World, agents: list[Agent]
+) -> None:
+    write_config(world, world.state)
+    world.config.write_text(
+        world.config.read_text()
+        .replace('mode = "enforce"', 'mode = "monitor"')
+        .replace("heartbeat_seconds = 5.0", "heartbeat_seconds = 0.3")
+    )
+    agent = start(world, agents)
+    assert agent.wait_for("agent_started")["mode"] == "monitor"
+    beat = agent.wait_for("heartbeat")
+    assert beat["mode"] == "monitor"
+    assert "monitor mode" in str(beat["mode_note"])
+    assert run_opener("r", world.secret, user=world.tech) == ["ok"]  # nothing blocks
+    agent.stop()
+    (started,) = bodies(world, "started")
+    assert started.started.mode == pb.GATE_MODE_MONITOR
+    assert "monitor mode" in started.started.note

@@ -377,3 +377,21 @@ def test_any_pattern_of_commits_and_restarts_verifies(tmp_path_factory, groups) 
     if total:
         assert report.ok, report.problem
         assert report.denies == sum((n + 2) // 3 for n in groups)
+
+
+def test_a_corrupt_length_is_refused_without_reading_it(open_journal, dirs) -> None:
+    j = open_journal()
+    for i in range(3):
+        j.record(access(i))
+    j.flush()
+    j.close()
+    (_, seg), *_ = fmt.list_segments(dirs[0])
+    data = bytearray(seg.read_bytes())
+    first = fmt.SEG_HEADER.size
+    data[first : first + 4] = (0xFFFFFFF0).to_bytes(4, "big")  # ~4 GiB claimed
+    seg.write_bytes(bytes(data))
+    report = verify(dirs)
+    assert not report.ok
+    assert "claims 4294967280 bytes" in report.problem
+    with pytest.raises(fmt.JournalCorruptError, match="claims"):
+        Journal.open(dirs[0], ORIGIN, dirs[1])
