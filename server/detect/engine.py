@@ -1,0 +1,219 @@
+"""The Detector: the seam between ingest and the rules, incidents and notifications.
+
+Ingest calls `on_committed` after each batch commit and `on_heartbeat` per heartbeat; the
+app calls `tick` periodically (silence, integrity findings, due-date reminders, catch-up).
+All on the database thread. The rules' state and the per-agent cursors are written in the
+same transaction as the incidents they produce, so a restart resumes exactly: events below
+an agent's cursor are never evaluated twice, events above it are read back from the store.
+
+One Detector per database: two server processes sharing PostgreSQL must elect one to run
+it (the others skip `on_committed` and `tick`; the catch-up covers their batches).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import structlog
+from google.protobuf.message import DecodeError
+
+from policies.compile import CompiledAgreement
+from protos.wire import pb
+from server.detect.events import observation
+from server.detect.model import AgentStatus, Finding
+from server.detect.rules import ClientView, Rules
+from server.detect.state import RuleState
+from server.incidents.model import UNDECIDED, Entity, Incident
+from server.notify import NotifyConfig, reminder_event
+from server.store.base import Store, StoredRecord
+from server.store.incidents import Change, IncidentStore
+
+log = structlog.get_logger("custodes.server.detect")
+
+DEDUP_WINDOW_S = 3600.0
+CATCH_UP_PAGE = 5000
+
+
+def entity_of(compiled: CompiledAgreement) -> Entity:
+    """The statement's entity from the client's agreement."""
+    a = compiled.agreement
+    return Entity(
+        name=a.client.name,
+        abn=a.client.abn,
+        contact_name=a.privacy_contact.name,
+        contact_email=a.privacy_contact.email,
+        contact_phone=a.privacy_contact.phone,
+    )
+
+
+class Detector:
+    """Evaluate stored events and periodic checks into incidents, exactly once."""
+
+    def __init__(
+        self,
+        store: Store,
+        agreements: Mapping[str, CompiledAgreement],
+        clock: Callable[[], float] = time.time,
+        *,
+        notify: NotifyConfig | None = None,
+        dedup_window_s: float = DEDUP_WINDOW_S,
+    ) -> None:
+        self.store = store
+        self.incidents = IncidentStore(store)
+        self.clock = clock
+        self.notify = notify or NotifyConfig()
+        self.window_s = dedup_window_s
+        rows, self._cursors = self.incidents.detector_state()
+        self.state = RuleState.load(rows)
+        self.rules = Rules({c: ClientView.of(a) for c, a in agreements.items()}, self.state)
+        self.entities = {c: entity_of(a) for c, a in agreements.items()}
+
+    # -- the seam -------------------------------------------------------------------------
+
+    def on_committed(self, records: Sequence[StoredRecord], received_unix: float) -> list[Incident]:
+        """Evaluate a committed batch (records of one or more agents, each in seq order).
+
+        Records below an agent's cursor were evaluated before and are skipped; a gap below
+        the batch (a crash between commit and this call) is read back from the store first.
+        """
+        findings: list[Finding] = []
+        cursors: dict[str, int] = {}
+        for rec in records:
+            cursor = cursors.get(rec.agent_id, self._cursors.get(rec.agent_id, 0))
+            if rec.seq < cursor:
+                continue
+            if rec.seq > cursor:
+                cursor = self._read_back(rec.agent_id, cursor, rec.seq, findings)
+            obs = observation(rec)
+            findings.extend(self.rules.evaluate(obs))
+            skew = self.rules.skew_finding(obs, received_unix)
+            if skew is not None:
+                findings.append(skew)
+            cursors[rec.agent_id] = rec.seq + 1
+        if not cursors:
+            return []
+        return self._commit(findings, cursors)
+
+    def on_heartbeat(
+        self, agent_id: str, client: str, heartbeat: bytes, received_unix: float
+    ) -> list[Incident]:
+        """Check a live heartbeat's clock and agreement version."""
+        try:
+            hb = pb.Heartbeat.FromString(heartbeat)
+        except DecodeError:  # a malformed heartbeat is ignored, not fatal
+            return []
+        findings = self.rules.heartbeat_findings(
+            agent_id, client, hb.unix_nanos / 1e9, hb.agreement_version, received_unix
+        )
+        return self._commit(findings, {}) if findings else []
+
+    def tick(self, now: float | None = None) -> list[Incident]:
+        """Periodic work: catch up on stored events, silent agents, integrity, reminders."""
+        at = self.clock() if now is None else now
+        changed = self.catch_up()
+        agents = self.store.list_agents()
+        findings = self.rules.silent_agents(
+            [
+                AgentStatus(
+                    a.agent_id,
+                    a.client,
+                    None if a.last_seen_unix is None else float(a.last_seen_unix),
+                    float(a.enrolled_unix),
+                    revoked=a.revoked_unix is not None,
+                )
+                for a in agents
+            ],
+            at,
+        )
+        for a in agents:
+            if a.last_heartbeat and a.revoked_unix is None:
+                version = _heartbeat_version(a.last_heartbeat)
+                if version:
+                    findings += [
+                        f
+                        for f in self.rules.heartbeat_findings(
+                            a.agent_id, a.client, 0.0, version, at
+                        )
+                        if f.rule == "old_agreement"
+                    ]
+        notes = self.incidents.integrity_after(self.state.integrity_cursor)
+        findings += self.rules.integrity_findings(notes)
+        if findings or self.state_dirty():
+            changed += self._commit(findings, {}, now=at)
+        self._remind(at)
+        return changed
+
+    def catch_up(self) -> list[Incident]:
+        """Evaluate stored events no Detector has evaluated yet (after a restart)."""
+        changed: list[Incident] = []
+        for agent in self.store.list_agents():
+            cursor = self._cursors.get(agent.agent_id, 0)
+            while cursor < agent.next_seq:
+                page = self.incidents.events_from(agent.agent_id, cursor, CATCH_UP_PAGE)
+                if not page:
+                    break
+                changed += self.on_committed(page, self.clock())
+                cursor = self._cursors.get(agent.agent_id, cursor)
+        return changed
+
+    def state_dirty(self) -> bool:
+        """True when rule state changed since it was last saved."""
+        return self.state.dirty
+
+    # -- inside ---------------------------------------------------------------------------
+
+    def _read_back(self, agent_id: str, cursor: int, upto: int, findings: list[Finding]) -> int:
+        while cursor < upto:
+            page = self.incidents.events_from(agent_id, cursor, min(CATCH_UP_PAGE, upto - cursor))
+            if not page:
+                break
+            for rec in page:
+                if rec.seq >= upto:
+                    break
+                findings.extend(self.rules.evaluate(observation(rec)))
+                cursor = rec.seq + 1
+        return upto
+
+    def _commit(
+        self, findings: Sequence[Finding], cursors: Mapping[str, int], now: float | None = None
+    ) -> list[Incident]:
+        at = self.clock() if now is None else now
+        changes: list[Change] = self.incidents.commit(
+            findings,
+            now=at,
+            window_s=self.window_s,
+            state_rows=self.state.take_dirty(),
+            cursors=cursors,
+            entities=self.entities,
+            notify_targets=self.notify.targets(),
+        )
+        self._cursors.update(cursors)
+        for change in changes:
+            inc = change.incident
+            if change.opened:
+                log.warning(
+                    "incident_opened",
+                    incident=inc.label,
+                    rule=inc.rule,
+                    client=inc.client,
+                    subject=inc.subject,
+                    due=inc.due_unix,
+                )
+        return [c.incident for c in changes]
+
+    def _remind(self, now: float) -> None:
+        targets = self.notify.targets()
+        if not targets:
+            return
+        for inc in self.incidents.incidents(states=sorted(UNDECIDED)):
+            event = reminder_event(inc, self.notify.reminder_days, now)
+            if event is not None:
+                self.incidents.enqueue(inc.id, event, targets, now)
+
+
+def _heartbeat_version(data: bytes) -> str:
+    try:
+        return pb.Heartbeat.FromString(data).agreement_version
+    except DecodeError:  # stored heartbeats are the agent's; ignore garbage
+        return ""
