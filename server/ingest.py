@@ -114,6 +114,19 @@ class StreamState:
     client: str
     verifier_key: bytes
     witnessed_size: int  # the server log size the agent last verified
+    verified_next: int = 0  # the position after the last batch verified (maybe not committed)
+    verified_head: bytes = bytes(32)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A batch verified and parsed off the database thread, waiting for its commit."""
+
+    batch_id: int
+    first: int
+    records: list[StoredRecord]
+    checkpoint: bytes
+    new_head: bytes
 
 
 def to_record(agent_id: str, client: str, link: Link, event: pb.Event) -> StoredRecord:
@@ -353,6 +366,41 @@ class Ingest:
         log.debug("batch_stored", agent=state.agent_id, first=first, last=last, stored=len(fresh))
         return self.ack(state, batch.batch_id, next_seq)
 
+    def prepare(self, state: StreamState, batch: pb.EventBatch) -> Prepared:
+        """Verify and parse a batch that continues the stream's verified position.
+
+        Runs off the database thread, so the next batch is checked while the previous one
+        commits. Raises RefusedError.
+        """
+        links, new_head = check_batch(
+            state, state.verified_next, state.verified_head, batch, self.rt.limits.max_batch_events
+        )
+        records = parse_records(state, links, state.verified_next)
+        prepared = Prepared(
+            batch.batch_id, links[0].seq, records, bytes(batch.checkpoint), new_head
+        )
+        state.verified_next, state.verified_head = links[-1].seq + 1, new_head
+        return prepared
+
+    def commit(self, state: StreamState, p: Prepared) -> pb.Ack:
+        """Store a prepared batch in one transaction, log it, and return the Ack."""
+        try:
+            next_seq = self.rt.store.append_batch(
+                state.agent_id,
+                p.first,
+                p.records,
+                agent_checkpoint=p.checkpoint,
+                new_head=p.new_head,
+                heartbeat_unix=int(time.time()),
+            )
+        except StoreConflictError as exc:
+            self.logs.forget(state.agent_id)
+            raise RefusedError(Code.CODE_REPLAY, str(exc), "conflict", exc.next_seq or 0) from exc
+        except StoreError as exc:  # revoked or removed meanwhile
+            raise RefusedError(Code.CODE_WRONG_AGENT, str(exc), "revoked", p.first) from exc
+        self.logs.append(state.agent_id, [r.leaf_data for r in p.records], next_seq)
+        return self.ack(state, p.batch_id, next_seq)
+
     def ack(self, state: StreamState, batch_id: int, next_seq: int) -> pb.Ack:
         """The server's signed checkpoint at `next_seq` and a proof from what was witnessed."""
         note, size = self.logs.checkpoint(state.agent_id, state.client)
@@ -448,7 +496,9 @@ class AgentChannelService(rpc.AgentChannelServicer):
                 f"agent {name!r} has been revoked or its certificate replaced",
             )
             return
-        state = StreamState(name, client, agent.public_key, _witnessed(hello))
+        state = StreamState(
+            name, client, agent.public_key, _witnessed(hello), agent.next_seq, agent.head_hash
+        )
         note, _ = await self.rt.db(self.logs.checkpoint, name, client)
         log.info("agent_connected", agent=name, client=client, next_seq=agent.next_seq)
         yield pb.ServerMessage(
@@ -459,6 +509,33 @@ class AgentChannelService(rpc.AgentChannelServicer):
                 max_in_flight=limits.max_in_flight,
             )
         )
+        # Two tasks: the reader verifies batch k+1 while the committer stores batch k.
+        work: asyncio.Queue[_Work] = asyncio.Queue(maxsize=limits.max_in_flight + 1)
+        out: asyncio.Queue[_Out] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(state, messages, work, out))
+        committer = asyncio.create_task(self._commit(state, work, out))
+        try:
+            while True:
+                item = await out.get()
+                if item is None:
+                    return
+                if isinstance(item, tuple):
+                    await context.abort(item[0], item[1])
+                    return
+                yield item
+        finally:
+            for task in (reader, committer):
+                task.cancel()
+            await asyncio.gather(reader, committer, return_exceptions=True)
+
+    async def _read(
+        self,
+        state: StreamState,
+        messages: AsyncIterator[pb.AgentMessage],
+        work: asyncio.Queue[_Work],
+        out: asyncio.Queue[_Out],
+    ) -> None:
+        limits, name = self.rt.limits, state.agent_id
         bucket = self._buckets.setdefault(
             name,
             _Bucket(
@@ -469,31 +546,33 @@ class AgentChannelService(rpc.AgentChannelServicer):
             try:
                 message = await asyncio.wait_for(anext(messages), limits.idle_seconds)
             except StopAsyncIteration:
+                await work.put(None)
                 return
             except TimeoutError:
                 log.info("agent_idle", agent=name)
+                await work.put(None)
                 return
             except DecodeError:
                 log.warning("garbage_received", agent=name)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _GARBAGE)
+                await out.put((grpc.StatusCode.INVALID_ARGUMENT, _GARBAGE))
                 return
             which = message.WhichOneof("msg")
             if which == "batch":
                 batch = message.batch
                 if not bucket.take(len(batch.records), time.monotonic()):
-                    yield _refusal(batch.batch_id, Code.CODE_RATE_LIMITED, "rate limited", 0)
+                    limited = RefusedError(Code.CODE_RATE_LIMITED, "rate limited", "rate", 0)
+                    await work.put((batch.batch_id, limited))
                     return
+                records = batch.records
+                if records and records[0].seq < state.verified_next:
+                    await work.put(batch)  # a replay: checked against the store
+                    continue
                 try:
-                    ack = await self.rt.db(self.ingest.handle, state, batch)
+                    prepared = await asyncio.to_thread(self.ingest.prepare, state, batch)
                 except RefusedError as exc:
-                    log.warning(
-                        "batch_refused", agent=name, code=Code.Name(exc.code), reason=str(exc)
-                    )
-                    if exc.code not in (Code.CODE_RATE_LIMITED, Code.CODE_TOO_LARGE):
-                        await self.rt.db(self.ingest.record, name, exc.kind, str(exc))
-                    yield _refusal(batch.batch_id, exc.code, str(exc), exc.expected_seq)
+                    await work.put((batch.batch_id, exc))
                     return
-                yield pb.ServerMessage(ack=ack)
+                await work.put(prepared)
             elif which == "heartbeat":
                 await self.rt.db(
                     self.rt.store.touch_agent,
@@ -506,8 +585,39 @@ class AgentChannelService(rpc.AgentChannelServicer):
                 log.error("server_log_disputed", agent=name, problem=w.problem[:500])
                 await self.rt.db(self.ingest.record, name, "server_witness", w.problem)
             else:
-                yield _refusal(0, Code.CODE_MALFORMED, f"unexpected message {which!r}", 0)
+                odd = RefusedError(Code.CODE_MALFORMED, f"unexpected message {which!r}", "odd", 0)
+                await work.put((0, odd))
                 return
+
+    async def _commit(
+        self, state: StreamState, work: asyncio.Queue[_Work], out: asyncio.Queue[_Out]
+    ) -> None:
+        name = state.agent_id
+        while True:
+            item = await work.get()
+            if item is None:
+                await out.put(None)
+                return
+            try:
+                if isinstance(item, tuple):
+                    raise item[1]
+                if isinstance(item, Prepared):
+                    ack = await self.rt.db(self.ingest.commit, state, item)
+                else:
+                    ack = await self.rt.db(self.ingest.handle, state, item)
+            except RefusedError as exc:
+                batch_id = item[0] if isinstance(item, tuple) else item.batch_id
+                log.warning("batch_refused", agent=name, code=Code.Name(exc.code), reason=str(exc))
+                if exc.code not in (Code.CODE_RATE_LIMITED, Code.CODE_TOO_LARGE):
+                    await self.rt.db(self.ingest.record, name, exc.kind, str(exc))
+                await out.put(_refusal(batch_id, exc.code, str(exc), exc.expected_seq))
+                await out.put(None)
+                return
+            await out.put(pb.ServerMessage(ack=ack))
+
+
+_Work: TypeAlias = "Prepared | pb.EventBatch | tuple[int, RefusedError] | None"
+_Out: TypeAlias = "pb.ServerMessage | tuple[grpc.StatusCode, str] | None"
 
 
 def _refusal(batch_id: int, code: CodeValue, message: str, expected: int) -> pb.ServerMessage:
