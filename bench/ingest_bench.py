@@ -224,9 +224,8 @@ def main() -> int:
     med = statistics.median(rates)
     print(f"{'measure':<52}{'value':>16}")
     print("-" * 68)
-    print(
-        f"{'journal→committed events/s, SQLite (median of ' + str(args.runs) + ')':<52}{med:>16,.0f}"
-    )
+    label = f"journal→committed events/s, SQLite (median of {args.runs})"
+    print(f"{label:<52}{med:>16,.0f}")
     print(f"{'  runs':<52}{', '.join(f'{r:,.0f}' for r in rates):>16}")
     print(f"{'baseline: store append_batch only, events/s':<52}{baseline:>16,.0f}")
     print(f"{'ratio end-to-end / store baseline':<52}{med / baseline:>16.2f}")
