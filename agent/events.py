@@ -161,20 +161,21 @@ def mode_value(mode: str) -> pb.GateMode.ValueType:
 
 
 def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
     out = bytearray()
-    while True:
-        bits = n & 0x7F
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
         n >>= 7
-        if n:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
+    out.append(n)
+    return bytes(out)
 
 
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited field: tag, length, payload (protobuf wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return bytes((number << 3 | 2,)) + _varint(len(payload)) + payload
 
 
 class _Cache:
@@ -197,6 +198,7 @@ _SUBJECTS = _Cache()
 _DECISIONS = _Cache()
 _AREAS = _Cache()
 _HEADERS = _Cache(64)
+_BY_ID: dict[int, tuple[Decision, tuple[Action, bool], bytes, bytes]] = {}
 
 
 def _subject(rec: AccessRecord) -> bytes:
@@ -252,11 +254,20 @@ def _access(rec: AccessRecord) -> bytes:
     re-serialised, so nothing depends on one canonical order.
     """
     d = rec.decision
+    # The policy reuses frozen Decision objects: look them up by identity first (the
+    # cache keeps the object alive, so its id cannot be reused), by value otherwise.
+    hit = _BY_ID.get(id(d))
+    if hit is not None and hit[0] is d and hit[1] == (rec.action, rec.enforcing):
+        scalars, area = hit[2], hit[3]
+    else:
+        scalars = _DECISIONS.get((rec.action, d, rec.enforcing), lambda: _decision(rec))
+        area = _AREAS.get((d.area, d.kinds, d.individuals_estimate), lambda: _area(d))
+        if len(_BY_ID) >= 4096:
+            _BY_ID.clear()
+        _BY_ID[id(d)] = (d, (rec.action, rec.enforcing), scalars, area)
     subject = _SUBJECTS.get(
         (rec.attribution, d.subject_kind, d.technician, d.principal), lambda: _subject(rec)
     )
-    scalars = _DECISIONS.get((rec.action, d, rec.enforcing), lambda: _decision(rec))
-    area = _AREAS.get((d.area, d.kinds, d.individuals_estimate), lambda: _area(d))
     obj = pb.Object(path=rec.path[:MAX_PATH], device=rec.device, inode=rec.inode)
     return subject + _field(2, area + obj.SerializeToString()) + scalars
 

@@ -105,10 +105,15 @@ def encode_header(first_seq: int, prev_hash: bytes) -> bytes:
     return SEG_HEADER.pack(MAGIC, first_seq, prev_hash)
 
 
+_SEQ_HASH = struct.Struct(">Q32s")
+_LEN = struct.Struct(">I")
+
+
 def encode_record(seq: int, chain_hash: bytes, event: bytes) -> bytes:
-    """The bytes of one record as appended to a segment."""
-    crc = zlib.crc32(event, zlib.crc32(struct.pack(">Q", seq) + chain_hash))
-    return REC_HEADER.pack(len(event), seq, chain_hash, crc) + event
+    """The bytes of one record as appended to a segment (the REC_HEADER layout + event)."""
+    middle = _SEQ_HASH.pack(seq, chain_hash)
+    crc = zlib.crc32(event, zlib.crc32(middle))
+    return b"".join((_LEN.pack(len(event)), middle, _LEN.pack(crc), event))
 
 
 def encode_checkpoint(size: int, note: bytes) -> bytes:
