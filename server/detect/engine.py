@@ -77,6 +77,12 @@ class Detector:
         Records below an agent's cursor were evaluated before and are skipped; a gap below
         the batch (a crash between commit and this call) is read back from the store first.
         """
+        return self._evaluate(records, received_unix)
+
+    def _evaluate(
+        self, records: Sequence[StoredRecord], received_unix: float | None
+    ) -> list[Incident]:
+        """`on_committed`; `received_unix` None for events read back (arrival unknown)."""
         findings: list[Finding] = []
         cursors: dict[str, int] = {}
         for rec in records:
@@ -87,9 +93,10 @@ class Detector:
                 cursor = self._read_back(rec.agent_id, cursor, rec.seq, findings)
             obs = observation(rec)
             findings.extend(self.rules.evaluate(obs))
-            skew = self.rules.skew_finding(obs, received_unix)
-            if skew is not None:
-                findings.append(skew)
+            if received_unix is not None:
+                skew = self.rules.skew_finding(obs, received_unix)
+                if skew is not None:
+                    findings.append(skew)
             cursors[rec.agent_id] = rec.seq + 1
         if not cursors:
             return []
@@ -153,7 +160,7 @@ class Detector:
                 page = self.incidents.events_from(agent.agent_id, cursor, CATCH_UP_PAGE)
                 if not page:
                     break
-                changed += self.on_committed(page, self.clock())
+                changed += self._evaluate(page, None)
                 cursor = self._cursors.get(agent.agent_id, cursor)
         return changed
 

@@ -1,0 +1,1 @@
+"""Detection scenarios: event streams (YAML) with the exact incidents they must produce."""
