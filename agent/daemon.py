@@ -347,30 +347,39 @@ class Daemon:
     def _watchdog(self) -> None:
         bound = self.cfg.limits.watchdog_seconds
         while not self._stop.wait(min(0.5, bound / 4)):
-            gate = self.gate
-            if gate is None:
-                continue
-            stalled = time.monotonic() - gate.last_progress
-            if stalled <= bound:
-                continue
-            gate.fail_open()
-            log.error("gate_stuck_failed_open", stalled_seconds=round(stalled, 1), bound=bound)
-            journal = self._journal
-            if journal is not None:
-                journal.note(
-                    GateIncidentRecord(
-                        "watchdog_fail_open",
-                        f"the gate made no progress for {stalled:.1f}s (bound {bound}s); "
-                        "failed open and exiting for a restart",
-                    )
+            if self.check_gate(time.monotonic()):
+                # If the main thread is stuck too, do not wait for it: systemd restarts us.
+                time.sleep(5.0)
+                os._exit(EXIT_WATCHDOG)
+
+    def check_gate(self, now: float) -> bool:
+        """Fail the gate open when it made no progress within the bound; True if it did.
+
+        The openers are released at once (fail_open), the incident is journaled, and the
+        daemon is told to stop with EXIT_WATCHDOG so that systemd restarts it.
+        """
+        gate, bound = self.gate, self.cfg.limits.watchdog_seconds
+        if gate is None:
+            return False
+        stalled = now - gate.last_progress
+        if stalled <= bound:
+            return False
+        gate.fail_open()
+        log.error("gate_stuck_failed_open", stalled_seconds=round(stalled, 1), bound=bound)
+        journal = self._journal
+        if journal is not None:
+            journal.note(
+                GateIncidentRecord(
+                    "watchdog_fail_open",
+                    f"the gate made no progress for {stalled:.1f}s (bound {bound}s); "
+                    "failed open and exiting for a restart",
                 )
-                journal.flush(timeout=2.0)
-            self._exit_code = EXIT_WATCHDOG
-            self._stop_reason = "watchdog"
-            self._stop.set()
-            # If the main thread is stuck too, do not wait for it: systemd restarts us.
-            time.sleep(5.0)
-            os._exit(EXIT_WATCHDOG)
+            )
+            journal.flush(timeout=2.0)
+        self._exit_code = EXIT_WATCHDOG
+        self._stop_reason = "watchdog"
+        self._stop.set()
+        return True
 
     def _heartbeat(self, meter: HeartbeatMeter) -> None:
         journal = self._journal

@@ -19,11 +19,18 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import load_config
+from agent.daemon import EXIT_WATCHDOG, Daemon
+from agent.events import Origin
+from agent.gate import Gate
+from agent.journal import Journal
 from agent.keys import epoch_verifier
 from agent.verify import verify_journal
+from policies.compile import compile_agreement
+from policies.load import load_agreement
 from protos.evidence.note import verify_checkpoint
 from protos.wire import pb
-from tests.agent.conftest import TECH, run_opener, start_opener
+from tests.agent.conftest import TECH, FakeSink, run_opener, start_opener
 from tests.agent.test_journal import events
 
 pytestmark = [
@@ -409,3 +416,45 @@ def test_monitor_mode_is_stated_at_start_and_in_every_heartbeat(
     (started,) = bodies(world, "started")
     assert started.started.mode == pb.GATE_MODE_MONITOR
     assert "monitor mode" in started.started.note
+
+
+def test_the_watchdog_fails_a_stuck_gate_open_and_journals_it(world: World) -> None:
+    world.agreement.write_text(
+        AGREEMENT.format(version="v1", tech=TECH, area=world.area).replace(
+            "in_scope: []",
+            "in_scope:\n  - {description: reads, areas: [records], actions: [read], "
+            'technicians: "*", hours: any}',
+        )
+    )
+    text = world.config.read_text()
+    world.config.write_text(text.replace("watchdog_seconds = 5.0", "watchdog_seconds = 1.0"))
+    cfg = load_config(world.config)
+    daemon = Daemon(cfg, world.config)
+    journal = Journal.open(cfg.journal_path, Origin("agent-1", "test-clinic", "b"), cfg.key_dir)
+    daemon._journal = journal
+    stuck = threading.Event()
+    gate = Gate(
+        policy=compile_agreement(load_agreement(world.agreement)),
+        sink=FakeSink(block=stuck),  # the answer thread hangs in record(): a stuck gate
+        roots=[str(world.area)],
+    )
+    gate.start()
+    daemon.gate = gate
+    try:
+        assert run_opener("r", world.secret, user=world.tech) == ["ok"]
+        waiting = start_opener("r", world.secret, user=world.tech)
+        deadline = time.monotonic() + WAIT
+        fired = False
+        while not fired and time.monotonic() < deadline:
+            time.sleep(0.1)
+            fired = daemon.check_gate(time.monotonic())
+        assert fired
+        out, _ = waiting.communicate(timeout=WAIT)
+        assert out.split() == ["ok"]  # released by fail_open, not left hanging
+        assert daemon._exit_code == EXIT_WATCHDOG
+    finally:
+        stuck.set()
+        gate.stop()
+        journal.close()
+    (incident,) = bodies(world, "gate")
+    assert incident.gate.kind == "watchdog_fail_open"
