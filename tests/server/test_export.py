@@ -8,12 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from agent.enroll import make_csr
 from protos.evidence import errors as ev
 from protos.evidence.keys import generate_key
 from protos.evidence.merkle import MerkleTree, leaf_hash
 from protos.evidence.note import NoteSigner
+from protos.wire import pb, rpc
 from server.verify_export import ExportError, prefix_blocks, tree_root, verify_document
 from tests.server.test_ingest_harness import (
     Agent,
@@ -163,3 +166,27 @@ def test_empty_export_refuses_to_vouch_for_anything() -> None:
                 "agents": [],
             }
         )
+
+
+def test_person_of_the_client_queries_and_exports_over_mutual_tls(
+    server: ServerProc, shipped: tuple[Agent, Chain, Path]
+) -> None:
+    key_pem, csr = make_csr("auditor-1")
+    ca = (server.data / "ca" / "ca.crt").read_bytes()
+    token = server.token("clinic-a", "--kind", "person", "--name", "auditor-1")
+    with grpc.secure_channel(
+        f"127.0.0.1:{server.enrol_port}", grpc.ssl_channel_credentials(ca)
+    ) as ch:
+        reply = rpc.EnrollmentStub(ch).Enroll(
+            pb.EnrollRequest(token=token, csr_pem=csr, kind="person"), timeout=10
+        )
+    creds = grpc.ssl_channel_credentials(ca, key_pem, reply.certificate_pem)
+    with grpc.secure_channel(server.address, creds) as ch:
+        stub = rpc.QueryStub(ch)
+        events = stub.Events(pb.EventQuery(verdict=pb.VERDICT_DENY), timeout=10).events
+        assert [e.seq for e in events] == [0, 3, 6, 9, 12, 15, 18, 21, 24]
+        data = b"".join(c.data for c in stub.Export(pb.ExportRequest(), timeout=30))
+        assert verify_document(json.loads(data)).agents[0].stream.events == 25
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Events(pb.EventQuery(client="clinic-b"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
