@@ -1,0 +1,234 @@
+"""The assessment state machine, the register, the draft statement and the s 26WH clock."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from collections.abc import Callable
+
+import pytest
+
+from server.incidents import assessment as a
+from server.incidents import register, statement
+from server.incidents.errors import AssessmentInputError, TransitionError
+from server.incidents.model import DAY_S, FACTORS, Entity, Incident, State
+from server.store import Store
+from server.store.incidents import IncidentStore
+from tests.server.scenarios.harness import Run, scenario_files
+
+T0 = 1_750_000_000.0
+ENTITY = Entity(
+    "Harbourside General Practice",
+    "51824753556",
+    "Dr Mei Lin Tran",
+    "privacy@harbourside-gp.example",
+    "+61 2 9000 0101",
+)
+
+
+def incident(state: State = State.OPEN, **changes: object) -> Incident:
+    inc = Incident(
+        id=7,
+        rule="bulk_read",
+        client="harbourside-gp",
+        subject="akaur",
+        dedup_key="bulk_read|harbourside-gp|akaur|",
+        summary="akaur read 60 distinct sensitive files within 10 minutes (threshold 50)",
+        aware_unix=T0,
+        first_unix=T0 - 600,
+        last_unix=T0 - 5,
+        state=state,
+        technician="akaur",
+        areas=("database-backups",),
+        kinds=("health", "medicare", "contact"),
+        files=60,
+        individuals=720_000,
+        evidence_count=60,
+        entity=ENTITY,
+    )
+    return dataclasses.replace(inc, **changes)  # type: ignore[arg-type]
+
+
+def assessed() -> Incident:
+    inc, _ = a.assess(
+        incident(),
+        "privacy officer",
+        T0 + 60,
+        factors={"kinds": "health and Medicare numbers", "persons": "an MSP technician"},
+        containment=[("account akaur-admin disabled", T0 + 30)],
+    )
+    return inc
+
+
+# Every step, by the state it needs: (name, step).
+STEPS: dict[str, Callable[[Incident], tuple[Incident, object]]] = {
+    "assess": lambda i: a.assess(i, "po", T0 + 90, containment=[("key rotated", T0 + 90)]),
+    "decide_not_eligible": lambda i: a.decide(i, "po", T0 + 100, State.NOT_ELIGIBLE, ["no harm"]),
+    "decide_remediated": lambda i: a.decide(i, "po", T0 + 100, State.REMEDIATED, ["recovered"]),
+    "decide_eligible": lambda i: a.decide(i, "po", T0 + 100, State.ELIGIBLE, ["serious harm"]),
+    "statement": lambda i: a.prepare_statement(i, "po", T0 + 200),
+    "notify": lambda i: a.notify_individuals(i, "po", T0 + 300, "all"),
+    "close": lambda i: a.close(i, "po", T0 + 400, "done"),
+}
+LEGAL = {
+    State.OPEN: {"assess"},
+    State.ASSESSING: {"assess", "decide_not_eligible", "decide_remediated", "decide_eligible"},
+    State.NOT_ELIGIBLE: {"assess", "close"},
+    State.REMEDIATED: {"assess", "close"},
+    State.ELIGIBLE: {"assess", "statement"},
+    State.STATEMENT_PREPARED: {"assess", "notify"},
+    State.INDIVIDUALS_NOTIFIED: {"assess", "close"},
+    State.CLOSED: set(),
+}
+
+
+def in_state(state: State) -> Incident:
+    base = assessed()
+    return incident(
+        state,
+        factors=base.factors,
+        containment=base.containment,
+        decision=None,
+    )
+
+
+@pytest.mark.parametrize("state", list(State))
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_transition_table(state: State, step: str) -> None:
+    inc = in_state(state)
+    if step in LEGAL[state]:
+        after, entry = STEPS[step](inc)
+        assert isinstance(after, Incident)
+        assert after.audit[-1] == entry
+        assert len(after.audit) == len(inc.audit) + 1
+    else:
+        with pytest.raises(TransitionError, match=str(state)):
+            STEPS[step](inc)
+
+
+def test_whole_eligible_path_keeps_an_audit_trail() -> None:
+    inc = assessed()
+    inc, _ = a.decide(inc, "Dr Tran", T0 + 100, State.ELIGIBLE, ["health records of many"])
+    inc, _ = a.prepare_statement(inc, "Dr Tran", T0 + 200)
+    inc, _ = a.notify_individuals(inc, "Dr Tran", T0 + 300, "at_risk")
+    inc, _ = a.close(inc, "Dr Tran", T0 + 400, "notified; access model changed")
+    assert [e.action for e in inc.audit] == ["assess", "decide", "statement", "notify", "close"]
+    assert [e.actor for e in inc.audit] == ["privacy officer"] + ["Dr Tran"] * 4
+    assert inc.decision is not None
+    assert inc.decision.maker == "Dr Tran"
+    assert inc.notification_option == "at_risk"
+    assert inc.state is State.CLOSED
+    assert inc.closed_unix == T0 + 400
+
+
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [
+        (lambda i: a.decide(i, "po", T0, State.ELIGIBLE, []), "needs a reason"),
+        (lambda i: a.decide(i, "po", T0, State.ELIGIBLE, ["  "]), "empty"),
+        (lambda i: a.decide(i, "", T0, State.ELIGIBLE, ["x"]), "no one is named"),
+        (lambda i: a.decide(i, "po", T0, State.CLOSED, ["x"]), "not a decision"),
+        (lambda i: a.assess(i, "po", T0, factors={"mood": "bad"}), "unknown s 26WG"),
+        (lambda i: a.assess(i, "po", T0), "nothing to record"),
+        (lambda i: a.assess(i, "po", T0, factors={"harm": "x" * 3000}), "at most"),
+    ],
+)
+def test_bad_assessment_input_is_refused(step: Callable[[Incident], object], message: str) -> None:
+    with pytest.raises(AssessmentInputError, match=message):
+        step(assessed())
+
+
+def test_decision_needs_factors_and_remediation_needs_a_step() -> None:
+    bare, _ = a.assess(incident(), "po", T0, my_health_records=True)
+    with pytest.raises(AssessmentInputError, match="no s 26WG factor"):
+        a.decide(bare, "po", T0, State.NOT_ELIGIBLE, ["fine"])
+    factored, _ = a.assess(bare, "po", T0, factors={"harm": "none likely"})
+    with pytest.raises(AssessmentInputError, match="remedial step"):
+        a.decide(factored, "po", T0, State.REMEDIATED, ["fixed"])
+    with pytest.raises(AssessmentInputError, match="unknown"):
+        a.notify_individuals(in_state(State.STATEMENT_PREPARED), "po", T0, "carrier pigeon")
+
+
+def test_due_date_is_thirty_days_after_awareness_and_overdue_is_flagged() -> None:
+    inc = incident()
+    assert inc.due_unix == T0 + 30 * DAY_S
+    assert not inc.overdue(T0 + 30 * DAY_S)
+    assert inc.overdue(T0 + 30 * DAY_S + 1)
+    assert assessed().overdue(T0 + 31 * DAY_S)
+    decided, _ = a.decide(assessed(), "po", T0, State.NOT_ELIGIBLE, ["no harm"])
+    assert not decided.overdue(T0 + 31 * DAY_S)
+    assert register.row(inc, T0 + 31 * DAY_S)["overdue"] is True
+
+
+def test_register_csv_has_the_promised_columns() -> None:
+    decided, _ = a.decide(assessed(), "Dr Tran", T0 + 100, State.REMEDIATED, ["recovered"])
+    text = register.to_csv([incident(), decided], T0 + DAY_S)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    promised = {
+        "date",
+        "description",
+        "information_affected",
+        "individuals_affected",
+        "response_steps",
+        "outcome",
+        "aware",
+        "due",
+        "decision",
+        "decided_by",
+        "decided",
+    }
+    assert promised <= set(rows[0])
+    assert tuple(rows[0]) == register.COLUMNS
+    assert rows[0]["individuals_affected"] == "720000"
+    assert rows[0]["information_affected"] == "health; medicare; contact"
+    assert rows[0]["outcome"] == "not yet assessed"
+    assert "account akaur-admin disabled" in rows[1]["response_steps"]
+    assert rows[1]["outcome"].startswith("remedial action taken")
+    assert rows[1]["decided_by"] == "Dr Tran"
+    data = json.loads(register.to_json([decided], T0))
+    assert data[0]["decision"] == "remediated"
+
+
+def test_statement_has_the_parts_s26wk_requires() -> None:
+    text = statement.draft(incident(my_health_records=True))
+    for part in (
+        "Identity and contact details",
+        "Harbourside General Practice",
+        "ABN 51824753556",
+        "privacy@harbourside-gp.example",
+        "Description of the eligible data breach",
+        "akaur read 60 distinct",
+        "Kinds of information concerned",
+        "health, medicare, contact",
+        "Recommended steps for individuals",
+        "Medicare claims history",
+        "System Operator",
+    ):
+        assert part in text, part
+    assert "System Operator" not in statement.draft(incident())
+
+
+def test_factor_catalogue_is_s26wg() -> None:
+    assert len(FACTORS) == 8
+    assert all(v.startswith("s 26WG(") for v in FACTORS.values())
+
+
+def test_steps_are_stored_with_their_audit_trail_and_stale_steps_refused(store: Store) -> None:
+    run = Run.prepare(next(p for p in scenario_files() if p.stem == "break_glass"), store)
+    detector = run.play(run.detector())
+    book = IncidentStore(store)
+    (inc,) = book.incidents()
+    assert [e.action for e in inc.audit] == []  # listing leaves the trail out
+    inc = book.get(inc.id)
+    assert [e.action for e in inc.audit] == ["opened"]
+    after, entry = a.assess(inc, "po", T0, factors={"harm": "low"}, my_health_records=True)
+    stored = book.save_step(inc, after, entry)
+    assert stored.state is State.ASSESSING
+    assert stored.my_health_records
+    assert [e.action for e in stored.audit] == ["opened", "assess"]
+    with pytest.raises(Exception, match="changed while"):
+        book.save_step(inc, after, entry)
+    assert len(book.evidence(inc.id)) == 3
+    assert detector.incidents.get(inc.id).factors[0].reason == "low"
