@@ -314,6 +314,8 @@ class Journal:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is committed (or failed). True if committed."""
+        if self._closing:
+            return False
         done = threading.Event()
         result: list[bool] = []
 
