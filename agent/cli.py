@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from agent.config import AgentConfig, ConfigError, load_config, render_config
+from agent.enroll import register_enroll
 from agent.keys import epoch_verifier, load_or_create
 from agent.verify import latest_checkpoint, verify_journal
 from protos.errors import CustodesError
@@ -127,3 +128,4 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     init.add_argument("--state-dir", required=True)
     init.add_argument("--force", action="store_true")
     init.set_defaults(func=cmd_init)
+    register_enroll(sub)
