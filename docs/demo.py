@@ -1,19 +1,449 @@
-"""The walk-through `make demo` runs on the embedded defaults (grows with each capability)."""
+"""The walk-through `make demo` runs on the embedded defaults.
+
+1. The example service agreements are checked, and `policy explain` walks through decisions:
+   a technician in scope, out of scope, outside business hours, and with a just-in-time grant.
+2. As root: a demo practice tree and a technician OS account are made; a real server (SQLite,
+   mTLS material made on first start) and a real agent (fanotify) run; the technician is
+   allowed one access and denied another; the journal and the signed checkpoint verify; the
+   events arrive at the server verified; the evidence is exported and verified offline.
+   Without root the agent cannot gate: the demo says so and runs the agent in monitor mode.
+
+Everything lives under a fresh temporary directory and every process the demo starts is
+stopped by PID at the end. Nothing here is needed by the product; it only shows it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CUSTODES = [sys.executable, "-m", "protos.cli"]
+BIN = Path(sys.executable).parent / "custodes"
+AGREEMENTS = sorted((ROOT / "policies" / "agreements").glob("*.yaml"))
+GP = ROOT / "policies" / "agreements" / "harbourside-gp.yaml"
+DEMO_ACCOUNT = "custodes-demo-jsmith"
+STEP_TIMEOUT = 60
+
+
+def banner(text: str) -> None:
+    """Print a step heading."""
+    print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+def run(args: Sequence[str | Path], *, check: bool = True, quiet: bool = False) -> str:
+    """Run one `custodes` command (or another program), echoing it and its output."""
+    argv = [str(a) for a in args]
+    shown = ["custodes", *argv[1:]] if argv[0] == str(BIN) else argv
+    print(f"$ {' '.join(shown)}", flush=True)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=STEP_TIMEOUT, check=False)
+    out = (proc.stdout + proc.stderr).rstrip()
+    if out and not quiet:
+        print(textwrap.indent(out, "  "), flush=True)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"demo: step failed with exit {proc.returncode}: {' '.join(shown)}")
+    return proc.stdout
+
+
+def policy_story() -> None:
+    """Check the example agreements and explain four decisions."""
+    banner("The service agreements are valid")
+    run([BIN, "policy", "check", *AGREEMENTS])
+    letter = "/srv/bestpractice/documents/patients/0042/referral.pdf"
+    backup = "/srv/backups/bestpractice/2026-11-20.bak"
+    weekday_10am = "2026-11-18T10:00:00"
+    weekday_10pm = "2026-11-18T22:00:00"
+    banner("In scope: a technician checks last night's backup in business hours")
+    run(
+        [
+            BIN,
+            "policy",
+            "explain",
+            GP,
+            "--technician",
+            "akaur",
+            "--path",
+            backup,
+            "--action",
+            "read",
+            "--at",
+            weekday_10am,
+        ]
+    )
+    banner("Out of scope: the same technician opens a patient's referral letter")
+    run(
+        [
+            BIN,
+            "policy",
+            "explain",
+            GP,
+            "--technician",
+            "akaur",
+            "--path",
+            letter,
+            "--action",
+            "read",
+            "--at",
+            weekday_10am,
+        ]
+    )
+    banner("Outside business hours: the backup check at 10 p.m.")
+    run(
+        [
+            BIN,
+            "policy",
+            "explain",
+            GP,
+            "--technician",
+            "akaur",
+            "--path",
+            backup,
+            "--action",
+            "read",
+            "--at",
+            weekday_10pm,
+        ]
+    )
+    banner("With a just-in-time grant: the letter may be read for two hours")
+    run(
+        [
+            BIN,
+            "policy",
+            "explain",
+            GP,
+            "--technician",
+            "akaur",
+            "--path",
+            letter,
+            "--action",
+            "read",
+            "--at",
+            weekday_10am,
+            "--grant",
+            "patient-documents:read:2h",
+            "--json",
+        ]
+    )
+
+
+def free_port() -> int:
+    """A free loopback port (the server listens on it and the next one)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        with socket.socket() as s2:
+            if s2.connect_ex(("127.0.0.1", port + 1)) != 0:
+                return port
+    raise SystemExit("demo: no free pair of loopback ports")
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    """Wait (bounded) until something listens on 127.0.0.1:port."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"demo: the {what} exited early (code {proc.returncode})")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"demo: the {what} did not listen on port {port} within 30 s")
+
+
+@contextlib.contextmanager
+def background(args: Sequence[str | Path], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a long-running process; stop it by PID (SIGTERM, then SIGKILL) on exit."""
+    fh = log.open("wb")
+    proc = subprocess.Popen([str(a) for a in args], stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        fh.close()
+
+
+@contextlib.contextmanager
+def demo_account() -> Iterator[pwd.struct_passwd]:
+    """The technician's OS account on the practice server (made for the demo, then removed)."""
+    made = False
+    try:
+        entry = pwd.getpwnam(DEMO_ACCOUNT)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "-M", "-N", "-s", "/usr/sbin/nologin", DEMO_ACCOUNT], check=True, timeout=30
+        )
+        made = True
+        entry = pwd.getpwnam(DEMO_ACCOUNT)
+    try:
+        yield entry
+    finally:
+        if made:
+            subprocess.run(["userdel", DEMO_ACCOUNT], check=False, timeout=30)
+
+
+def demo_agreement(practice: Path) -> str:
+    """The Harbourside agreement moved under the demo tree, open every hour of every day.
+
+    The demo runs whenever you run it, so its business hours cover the whole week; the hours
+    logic itself is shown by `policy explain` above.
+    """
+    text = GP.read_text()
+    text = text.replace("/srv/", f"{practice}/")
+    text = text.replace("accounts: [jsmith, jsmith-admin]", f"accounts: [{DEMO_ACCOUNT}]")
+    hours_start = text.index("business_hours:")
+    hours_end = text.index("holidays:")
+    every_day = (
+        "business_hours:\n"
+        "  - days: [mon, tue, wed, thu, fri, sat, sun]\n"
+        '    start: "00:00"\n'
+        '    end: "23:59"\n'
+    )
+    return (
+        text[:hours_start]
+        + every_day
+        + text[hours_end:].replace(
+            "holidays: [2025-12-25, 2025-12-26, 2026-01-01, 2026-01-26]", "holidays: []"
+        )
+    )
+
+
+def as_technician(entry: pwd.struct_passwd, path: Path) -> str:
+    """Open `path` for reading as the technician's account; report what the kernel said."""
+    proc = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={entry.pw_uid}",
+            f"--regid={entry.pw_gid}",
+            "--clear-groups",
+            "head",
+            "-c",
+            "40",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT,
+        check=False,
+    )
+    verdict = "ALLOWED" if proc.returncode == 0 else f"DENIED ({proc.stderr.strip()})"
+    print(f"  {DEMO_ACCOUNT} reads {path.name}: {verdict}", flush=True)
+    return verdict
+
+
+def system_story(work: Path) -> None:
+    """Server + agent on this machine: gate, journal, ship, verify, export."""
+    enforcing = os.geteuid() == 0 and sys.platform == "linux"
+    practice = work / "practice"
+    for sub in (
+        "bestpractice/documents/patients/0042",
+        "bestpractice/attachments",
+        "backups/bestpractice",
+        "scans/inbox",
+    ):
+        (practice / sub).mkdir(parents=True)
+    letter = practice / "bestpractice/documents/patients/0042/referral.pdf"
+    letter.write_text("Referral for patient 0042 (fictional).\n")
+    backup = practice / "backups/bestpractice/2026-11-20.bak"
+    backup.write_text("fictional nightly dump\n")
+    for p in practice.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    practice.chmod(0o755)
+    work.chmod(0o755)
+    agreement = work / "agreement.yaml"
+    agreement.write_text(demo_agreement(practice))
+    data, state = work / "server-data", work / "agent-state"
+    port = free_port()
+
+    banner("The MSP's server: CA, certificates and signing key on first start (SQLite)")
+    run([BIN, "server", "init", "--data", data])
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(
+            background(
+                [
+                    BIN,
+                    "--log-format",
+                    "json",
+                    "server",
+                    "run",
+                    "--data",
+                    data,
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                ],
+                work / "server.log",
+            )
+        )
+        wait_for_port(port, server, "server")
+        print(f"  server listening on 127.0.0.1:{port} (mTLS) and :{port + 1} (enrolment)")
+
+        banner("Enrol the practice server's agent with a single-use token")
+        run(
+            [
+                BIN,
+                "agent",
+                "init",
+                "--config",
+                work / "agent.toml",
+                "--agent-id",
+                "harbourside-srv1",
+                "--client",
+                "harbourside-gp",
+                "--agreement",
+                agreement,
+                "--state-dir",
+                state,
+            ]
+        )
+        token = (
+            run(
+                [
+                    BIN,
+                    "server",
+                    "enroll-token",
+                    "--data",
+                    data,
+                    "--client",
+                    "harbourside-gp",
+                    "--ttl",
+                    "10m",
+                ],
+                quiet=True,
+            )
+            .strip()
+            .splitlines()[-1]
+        )
+        print(f"  token: {token[:24]}…")
+        run(
+            [
+                BIN,
+                "agent",
+                "enroll",
+                "--server",
+                f"127.0.0.1:{port}",
+                "--token",
+                token,
+                "--config",
+                work / "agent.toml",
+            ]
+        )
+
+        if not enforcing:
+            banner("Not root: the agent cannot gate here; it runs in monitor mode")
+        account = stack.enter_context(demo_account()) if enforcing else None
+        banner("The agent gates the practice's sensitive areas")
+        agent = stack.enter_context(
+            background(
+                [BIN, "--log-format", "json", "agent", "run", "--config", work / "agent.toml"],
+                work / "agent.log",
+            )
+        )
+        wait_for_marks(agent, enforcing)
+
+        if account is not None:
+            banner("A technician checks the backup (in scope) and opens a letter (out of scope)")
+            as_technician(account, backup)
+            as_technician(account, letter)
+        time.sleep(1.5)  # one group commit and one shipping round
+
+        banner("The agent's journal verifies, and its latest signed checkpoint")
+        run([BIN, "agent", "journal", "verify", "--config", work / "agent.toml"])
+        run([BIN, "agent", "checkpoint", "--config", work / "agent.toml"])
+        (work / "agent-checkpoint.txt").write_text(
+            run([BIN, "agent", "checkpoint", "--config", work / "agent.toml"], quiet=True)
+        )
+
+        banner("The server received the events, verified")
+        wait_for_events(data)
+        run([BIN, "events", "--data", data, "--client", "harbourside-gp"])
+
+        banner(
+            "Export the client's evidence and verify it offline, against the agent's own checkpoint"
+        )
+        export = work / "harbourside-evidence.json"
+        run(
+            [
+                BIN,
+                "evidence",
+                "export",
+                "--data",
+                data,
+                "--client",
+                "harbourside-gp",
+                "--out",
+                export,
+            ]
+        )
+        run(
+            [BIN, "evidence", "verify", export, "--agent-checkpoint", work / "agent-checkpoint.txt"]
+        )
+
+
+def wait_for_marks(agent: subprocess.Popen[bytes], enforcing: bool) -> None:
+    """Give the agent a bounded moment to place its marks (or start monitoring)."""
+    deadline = time.monotonic() + (20 if enforcing else 5)
+    while time.monotonic() < deadline:
+        if agent.poll() is not None:
+            raise SystemExit(f"demo: the agent exited early (code {agent.returncode})")
+        if not enforcing:
+            time.sleep(0.5)
+            continue
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{agent.pid}/fdinfo").iterdir():
+                if "fanotify " in fd.read_text():
+                    return
+        time.sleep(0.1)
+
+
+def wait_for_events(data: Path) -> None:
+    """Wait (bounded) until the server has stored some of the agent's events."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            [str(BIN), "events", "--data", str(data), "--json", "--limit", "1"],
+            capture_output=True,
+            text=True,
+            timeout=STEP_TIMEOUT,
+            check=False,
+        ).stdout
+        if out.strip():
+            return
+        time.sleep(0.3)
+    raise SystemExit("demo: the server stored no events within 20 s")
 
 
 def main() -> int:
-    """Run each demo step, printing what it shows; stop at the first failure."""
-    print("Custodes demo: nothing to show yet beyond the CLI.")
-    return subprocess.call([*CUSTODES, "--help"], cwd=ROOT)
+    """Run each part of the demo; stop at the first failure."""
+    policy_story()
+    work = Path(tempfile.mkdtemp(prefix="custodes-demo-"))
+    try:
+        system_story(work)
+    finally:
+        logs = [p for p in (work / "server.log", work / "agent.log") if p.exists()]
+        keep = os.environ.get("CUSTODES_DEMO_KEEP") == "1"
+        if keep:
+            print(f"\nDemo files kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        del logs
+    banner("Done")
+    return 0
 
 
 if __name__ == "__main__":
