@@ -22,7 +22,9 @@ def position(tree: Any, loc: Loc, *, key: bool = False) -> tuple[int, int]:
         last = depth == len(loc) - 1
         lc = getattr(node, "lc", None)
         if isinstance(node, dict) and lc is not None:
-            match = next((k for k in node if str(k) == str(step)), _MISSING)
+            match: Any = step if step in node else _MISSING
+            if match is _MISSING and not isinstance(step, str):
+                match = next((k for k in node if str(k) == str(step)), _MISSING)
             if match is _MISSING:
                 break
             line, col = lc.key(match) if key and last else lc.value(match)

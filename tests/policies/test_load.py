@@ -180,6 +180,20 @@ def test_alias_bomb_is_refused_quickly() -> None:
     assert found[0].line == 1
 
 
+def test_too_many_nodes_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("policies.load.MAX_EVENTS", 1000)
+    found = problems_of("".join(f"k{i}: 1\n" for i in range(600)))
+    assert len(found) == 1
+    assert "more than 1000 YAML nodes" in found[0].message
+    assert found[0].line == 499  # the node past the cap: stream, document, mapping, 2 a line
+
+
+def test_problems_are_capped_with_a_count() -> None:
+    found = problems_of("".join(f"k{i}: 1\n" for i in range(700)))
+    assert len(found) == 501
+    assert found[-1].message.endswith("more problems not shown")
+
+
 def test_deep_nesting_is_refused() -> None:
     found = problems_of("client: " + "[" * 5000 + "]" * 5000 + "\n")
     assert "nesting is deeper" in found[0].message
