@@ -35,6 +35,7 @@ CREATE TABLE access_requests (
     actions TEXT NOT NULL,
     start_unix BIGINT NOT NULL,
     end_unix BIGINT NOT NULL,
+    duration_seconds BIGINT NOT NULL,
     ticket TEXT NOT NULL,
     reason TEXT NOT NULL,
     break_glass INTEGER NOT NULL,
