@@ -19,26 +19,12 @@ _UNSET_LOGINUID = (-1, 4_294_967_295)
 
 def observation(rec: StoredRecord) -> Observation:
     """The observation of one stored record; the indexed columns when the bytes do not parse."""
-    base = Observation(
-        agent_id=rec.agent_id,
-        seq=rec.seq,
-        client=rec.client,
-        unix_nanos=rec.unix_nanos,
-        kind=rec.kind,
-        technician=rec.technician,
-        account=rec.account,
-        area=rec.area,
-        action=rec.action,
-        verdict=rec.verdict,
-        rule=rec.rule,
-        path=rec.path,
-    )
     if rec.kind not in ("access", "grant", "agreement", "started", "loss", "gate"):
-        return base
+        return _columns(rec)
     try:
         event = pb.Event.FromString(rec.event)
     except DecodeError:
-        return base  # stored verbatim after verification; the columns still hold
+        return _columns(rec)  # stored verbatim after verification; the columns still hold
     kind = rec.kind
     if kind == "access":
         a = event.access
@@ -109,4 +95,22 @@ def observation(rec: StoredRecord) -> Observation:
         unix_nanos=rec.unix_nanos,
         kind=kind,
         detail=detail[:500],
+    )
+
+
+def _columns(rec: StoredRecord) -> Observation:
+    """The observation from the indexed columns alone."""
+    return Observation(
+        agent_id=rec.agent_id,
+        seq=rec.seq,
+        client=rec.client,
+        unix_nanos=rec.unix_nanos,
+        kind=rec.kind,
+        technician=rec.technician,
+        account=rec.account,
+        area=rec.area,
+        action=rec.action,
+        verdict=rec.verdict,
+        rule=rec.rule,
+        path=rec.path,
     )

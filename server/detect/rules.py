@@ -418,6 +418,8 @@ def _unknown_admin(obs: Observation, view: ClientView | None) -> bool:
         return False
     known = view.agreement if view is not None else None
     login = obs.login_account
-    return known is None or login is None or (
-        login not in known.technician_accounts and login not in known.principal_accounts
+    return (
+        known is None
+        or login is None
+        or (login not in known.technician_accounts and login not in known.principal_accounts)
     )

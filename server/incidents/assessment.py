@@ -181,8 +181,10 @@ def prepare_statement(inc: Incident, actor: str, at: float) -> tuple[Incident, A
     """Record that the s 26WK statement was prepared (and given to the Commissioner)."""
     who = _actor(actor)
     _move(inc, State.STATEMENT_PREPARED)
-    to = "Commissioner and the My Health Record System Operator" if inc.my_health_records else (
-        "Commissioner"
+    to = (
+        "Commissioner and the My Health Record System Operator"
+        if inc.my_health_records
+        else ("Commissioner")
     )
     entry = AuditEntry(at, who, "statement", f"s 26WK statement prepared for the {to}")
     return (

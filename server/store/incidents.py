@@ -7,6 +7,7 @@ state and cursors in ONE transaction: a restart neither loses nor repeats an inc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,35 @@ class Change:
 
     incident: Incident
     opened: bool
+
+
+def merge(findings: Sequence[Finding]) -> list[Finding]:
+    """Findings with the same dedup key folded into one (evidence, files, kinds joined).
+
+    A batch's 500 denials become one row update instead of 500; the latest summary wins.
+    """
+    by_key: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_key.setdefault(f.dedup_key, []).append(f)
+    out: list[Finding] = []
+    for group in by_key.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        first, last = group[0], group[-1]
+        out.append(
+            dataclasses.replace(
+                last,
+                at_unix=min(f.at_unix for f in group),
+                summary=last.summary if last.rule == "bulk_read" else first.summary,
+                evidence=tuple(dict.fromkeys(e for f in group for e in f.evidence)),
+                files=tuple(dict.fromkeys(x for f in group for x in f.files)),
+                kinds=tuple(dict.fromkeys(k for f in group for k in f.kinds)),
+            )
+        )
+        if max(f.at_unix for f in group) > out[-1].at_unix:
+            out.append(dataclasses.replace(group[-1], evidence=(), files=()))
+    return out
 
 
 def _incident(row: Sequence[Any], audit: tuple[AuditEntry, ...] = ()) -> Incident:
@@ -129,9 +159,7 @@ class IncidentStore:
             )
             rows = cur.fetchall()
         return [
-            StoredRecord(
-                r[0], int(r[1]), bytes(r[2]), bytes(r[3]), r[4], int(r[5]), r[6], *r[7:]
-            )
+            StoredRecord(r[0], int(r[1]), bytes(r[2]), bytes(r[3]), r[4], int(r[5]), r[6], *r[7:])
             for r in rows
         ]
 
@@ -169,7 +197,7 @@ class IncidentStore:
         """
         changes: dict[int, Change] = {}
         with self._tx(write=True) as cur:
-            for finding in findings:
+            for finding in merge(findings):
                 change = self._apply(cur, finding, now, window_s, entities)
                 prior = changes.get(change.incident.id)
                 opened = change.opened or (prior is not None and prior.opened)
