@@ -197,8 +197,7 @@ class Marker:
                     self.stats.perm_marks -= 1
                     self.stats.notif_marks -= 1
                 else:
-                    for d in _walk_dirs(p.root):
-                        self._unmark(d)
+                    self._unmark_tree(p.root)
                 self.plans = [q for q in self.plans if q.root != p.root]
 
     def _open_mount_fd(self, root: str) -> None:
@@ -221,6 +220,21 @@ class Marker:
                 self.stats.notif_marks += 1
             except fan.FanotifyError:
                 self.stats.mark_errors += 1
+
+    def _unmark_tree(self, root: str) -> None:
+        """Unmark top-down, each directory before it is listed: the listing then raises no
+        permission event, so this works without an answer thread."""
+        todo = [root]
+        seen = 0
+        while todo and seen < MAX_DIRS:
+            d = todo.pop()
+            seen += 1
+            self._unmark(d)
+            try:
+                with os.scandir(d) as it:
+                    todo.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
+            except OSError:
+                continue
 
     def _unmark(self, d: str) -> None:
         flags = fan.FAN_MARK_REMOVE | fan.FAN_MARK_DONT_FOLLOW | fan.FAN_MARK_ONLYDIR
