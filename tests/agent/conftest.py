@@ -143,8 +143,9 @@ def _ensure_user(name: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
     except KeyError:
+        # Another session may add it at the same moment: its useradd failing is fine.
         subprocess.run(
-            ["useradd", "-M", "-N", "-s", "/usr/sbin/nologin", name], check=True, timeout=30
+            ["useradd", "-M", "-N", "-s", "/usr/sbin/nologin", name], check=False, timeout=30
         )
         return pwd.getpwnam(name)
 
@@ -158,10 +159,8 @@ def accounts() -> Iterator[dict[str, pwd.struct_passwd]]:
     # while it uses the accounts; whoever can take it exclusively at the end removes them.
     lock = os.open(ACCOUNTS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        made = {n: _ensure_user(n) for n in (TECH, STAFF)}
-        fcntl.flock(lock, fcntl.LOCK_SH)
-        yield made
+        fcntl.flock(lock, fcntl.LOCK_SH)  # waits only while a session is removing them
+        yield {n: _ensure_user(n) for n in (TECH, STAFF)}
     finally:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
