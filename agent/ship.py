@@ -148,6 +148,7 @@ class Shipper:
         limits: ShipLimits | None = None,
         version: str = "0.1.0",
         rng: random.Random | None = None,
+        on_server_message: Callable[[pb.ServerMessage], None] | None = None,
     ) -> None:
         self.journal = journal
         self.creds = creds
@@ -164,6 +165,8 @@ class Shipper:
         self.acked = self.witness.checkpoint.size if self.witness.checkpoint else 0
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self.stats = {"sessions": 0, "batches": 0, "acks": 0, "refusals": 0, "events": 0}
+        # Grants, revocations and agreement bundles go to agent/delivery.py (the daemon's).
+        self.on_server_message = on_server_message
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -310,7 +313,11 @@ class Shipper:
                         f"({pb.Refusal.Code.Name(r.code)}): {r.message} "
                         f"(it expects seq {r.expected_seq})"
                     )
-                # grants, revocations and bundles are handled by the daemon (not yet wired)
+                elif (
+                    which in ("grant", "revocation", "agreement")
+                    and self.on_server_message is not None
+                ):
+                    await asyncio.to_thread(self.on_server_message, msg)
 
         async def heartbeats() -> None:
             while True:
