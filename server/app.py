@@ -34,9 +34,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from protos.evidence.keys import load_private_key
 from protos.evidence.note import NoteSigner
 from protos.wire import pb, rpc
-from server import enrol
+from server import access_service, enrol
 from server.datadir import DataDir
 from server.ingest import AgentChannelService
+from server.push import PushingChannel
 from server.query import QueryService
 from server.store import open_store
 from server.store.base import AgentRow, Store, StoreError
@@ -150,6 +151,8 @@ class EnrollmentService(rpc.EnrollmentServicer):
             raise enrol.TokenRefusedError(
                 "the enrolment token is unknown, already used or expired",
             ) from exc
+        if kind == "person" and row.name:
+            name = row.name  # a person's token names them; `custodes login` does not know it
         if row.kind != kind or (row.name and row.name != name):
             raise enrol.TokenRefusedError(
                 f"the token was issued for {row.kind} {row.name or '(any name)'!r}, "
@@ -223,10 +226,12 @@ class Running:
     main_port: int
     enrol_port: int
     runtime: Runtime
+    access: access_service.AccessRuntime
 
     async def stop(self, grace: float = 5.0) -> None:
         """Refuse new calls, let running ones finish for `grace` seconds, then close."""
         await self.health.enter_graceful_shutdown()
+        await self.access.stop()
         await asyncio.gather(self.main.stop(grace), self.enrolment.stop(grace))
 
 
@@ -248,7 +253,10 @@ async def start(options: ServerOptions, db: ThreadPoolExecutor) -> Running:
     health_servicer = health.aio.HealthServicer()
 
     main = grpc.aio.server(options=grpc_options, maximum_concurrent_rpcs=options.limits.max_streams)
-    rpc.add_AgentChannelServicer_to_server(AgentChannelService(rt), main)
+    jit = access_service.install(rt, main)  # the Access servicer and its pusher
+    rpc.add_AgentChannelServicer_to_server(
+        PushingChannel(AgentChannelService(rt), jit.pusher), main
+    )
     rpc.add_QueryServicer_to_server(QueryService(rt), main)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, main)
     main_port = main.add_secure_port(
@@ -263,9 +271,16 @@ async def start(options: ServerOptions, db: ThreadPoolExecutor) -> Running:
     )
     await main.start()
     await enrolment.start()
-    for service in ("", "custodes.v1.AgentChannel", "custodes.v1.Enrollment", "custodes.v1.Query"):
+    jit.start()
+    for service in (
+        "",
+        "custodes.v1.AgentChannel",
+        "custodes.v1.Enrollment",
+        "custodes.v1.Query",
+        "custodes.v1.Access",
+    ):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return Running(main, enrolment, health_servicer, main_port, enrol_port, rt)
+    return Running(main, enrolment, health_servicer, main_port, enrol_port, rt, jit)
 
 
 async def serve(options: ServerOptions) -> None:
