@@ -18,7 +18,7 @@ from typing import TypeAlias
 from policies.durations import parse_duration
 from protos.errors import CustodesError, UsageError
 from protos.evidence.keys import generate_key, public_key_bytes, save_private_key
-from server import enrol
+from server import enrol, people
 from server.app import ServerOptions, serve
 from server.datadir import DEFAULT_DATA, DataDir, DataDirError, write_private
 from server.query import describe, event_json, export_client
@@ -77,6 +77,7 @@ def register(groups: Subparsers) -> None:
     _database_arg(listing)
     listing.add_argument("--client")
     listing.set_defaults(func=_list_agents)
+    people.register(commands, _open)  # `server user ...`, `server agreement ...`
 
     events = groups.add_parser("events", help="list stored evidence events")
     _data_arg(events)
