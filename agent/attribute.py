@@ -12,6 +12,7 @@ import os
 import platform
 import pwd
 import stat
+import time
 from collections import OrderedDict
 
 from agent.identities import UNSET_LOGINUID
@@ -22,6 +23,7 @@ MAX_CMDLINE = 1024  # bytes kept of a command line
 MAX_NAMES = 4096  # uid → name entries kept
 _O_ACCMODE = 0o3
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+SYSCALL_RETRIES = 200  # yields while a just-blocked opener is still on its CPU
 CREATED_WITHIN_NS = 2_000_000_000  # an empty O_CREAT target this young counts as created
 
 # syscall number → index of the flags argument (None: flags are in a struct open_how,
@@ -106,8 +108,16 @@ def open_flags(tid: int) -> int | None:
     Returns -2 for an exec, None when the syscall is not one this code knows (io_uring,
     another architecture) or the thread is gone.
     """
+    path = f"/proc/{tid}/syscall"
     try:
-        fields = _read_small(f"/proc/{tid}/syscall", 256).split()
+        fields = _read_small(path, 256).split()
+        # The event is queued just before the opener goes to sleep: until it does, the file
+        # says "running". Wait for it, a bounded number of yields.
+        for _ in range(SYSCALL_RETRIES):
+            if not fields or fields[0] != b"running":
+                break
+            os.sched_yield()
+            fields = _read_small(path, 256).split()
         nr = int(fields[0])
     except (OSError, ValueError, IndexError):
         return None
@@ -179,6 +189,67 @@ class AccountNames:
         if len(self._names) > self._limit:
             self._names.popitem(last=False)
         return name
+
+
+def tgid_of(tid: int) -> int:
+    """The process id of thread `tid` (`tid` itself when it cannot be read)."""
+    try:
+        for line in _read_small(f"/proc/{tid}/status", 512).splitlines():
+            if line.startswith(b"Tgid:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return tid
+
+
+ENRICH_TTL_S = 1.0
+MAX_ENRICHED = 1024
+
+
+class Enricher:
+    """Full attributions for technician events, cached per thread for `ENRICH_TTL_S`.
+
+    A technician copying a folder opens thousands of files from one process: its exe,
+    command line, parent, session and process id are read once, and re-read when the
+    thread's exe changes (an exec) or the entry is older than the TTL. uid and loginuid
+    are never cached: they come fresh with every event.
+    """
+
+    def __init__(self, names: AccountNames, ttl_s: float = ENRICH_TTL_S) -> None:
+        self._names = names
+        self._ttl = ttl_s
+        self._cache: dict[int, tuple[float, str, int, int | None, int | None, str]] = {}
+
+    def attribute(self, tid: int, uid: int, loginuid: int | None) -> Attribution:
+        """The enriched Attribution of thread `tid` (its process id in `pid`)."""
+        names = self._names
+        now = time.monotonic()
+        exe = exe_of(tid)
+        hit = self._cache.get(tid)
+        if hit is None or hit[0] < now or hit[1] != exe:
+            if len(self._cache) >= MAX_ENRICHED:
+                self._cache.clear()
+            hit = (
+                now + self._ttl,
+                exe,
+                tgid_of(tid),
+                session_of(tid),
+                ppid_of(tid),
+                cmdline_of(tid),
+            )
+            self._cache[tid] = hit
+        _, _, pid, session, ppid, cmdline = hit
+        return Attribution(
+            pid=pid,
+            uid=uid,
+            loginuid=loginuid,
+            account=names.name(uid),
+            login_account=names.name(loginuid) if loginuid is not None else None,
+            session_id=session,
+            ppid=ppid,
+            exe=exe,
+            cmdline=cmdline,
+        )
 
 
 def attribute(

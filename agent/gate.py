@@ -151,6 +151,7 @@ class Gate:
         self._grants: tuple[Grant, ...] = ()
         self._own: set[int] = {os.getpid(), *exempt_pids}
         self._names = attr.AccountNames()
+        self._enricher = attr.Enricher(self._names)
         self._fd = -1
         self._notif_fd = -1
         self._closed = True
@@ -383,7 +384,7 @@ class Gate:
         self._n[3] += 1
         try:
             path = self._paths.canonical(fan.fd_path(efd), efd)
-            who = attr.attribute(pid, uid, loginuid, self._names, enrich=True)
+            who = self._enricher.attribute(pid, uid, loginuid)
             decision = Decision(
                 Verdict.ALLOW,
                 "an interactive administrator not named in the agreement opened a file "
@@ -399,7 +400,11 @@ class Gate:
     def _technician(  # noqa: PLR0917 - the hot path avoids keyword-argument overhead
         self, mask: int, efd: int, pid: int, uid: int, loginuid: int | None, t0: int
     ) -> None:
-        """Attribute, classify and decide a technician's open; answer it exactly once."""
+        """Classify and decide a technician's open, answer it exactly once, then record it.
+
+        Only what the decision needs is read before an allow is answered (path, stat, open
+        flags, account names); the enrichment (exe, command line, parent, session) follows.
+        """
         self._n[2] += 1
         try:
             if loginuid is None:
@@ -410,38 +415,46 @@ class Gate:
             flags = None if exec_event or stat.S_ISDIR(st.st_mode) else attr.open_flags(pid)
             now = self._clock()
             action = attr.classify_open(exec_event, st, flags, time.time_ns())
-            who = attr.attribute(_tgid(pid), uid, loginuid, self._names, enrich=True)
-            subject = Subject(who.account, who.login_account, who.exe or None)
+            names = self._names
+            subject = Subject(
+                names.name(uid), names.name(loginuid) if loginuid is not None else None
+            )
             at = datetime.fromtimestamp(now / 1e9, tz=UTC)
             state = self._state
             try:
                 decision = state.policy.decide(subject, path, action, at, self._grants)
             except Exception as e:  # fail closed for a technician
                 log.exception("gate_policy_failed", error=str(e), policy=state.policy.version)
-                tech = state.ids.classify(uid, loginuid)[1]
                 decision = Decision(
                     Verdict.DENY,
                     f"the policy failed to decide ({type(e).__name__}); denied",
                     "policy_error",
                     SubjectKind.TECHNICIAN,
-                    technician=tech,
+                    technician=state.ids.classify(uid, loginuid)[1],
                 )
-            rec = self._record(who, path, action, decision, efd, st, now)
         except Exception as e:  # attribution failed: deny rather than let a technician by
             self._n[5] += 1
             log.exception("gate_attribution_failed", pid=pid, error=str(e))
             self._respond_once(efd, allow=False, t0=t0)
             return
         if decision.allowed:
-            os.write(self._fd, _PACK(efd, fan.FAN_ALLOW))
             self._n[1] += 1
+            os.write(self._fd, _PACK(efd, fan.FAN_ALLOW))
             self._hist[(time.perf_counter_ns() - t0).bit_length()] += 1
             os.close(efd)
-            self._sink.record(rec)
+            try:
+                who = self._enricher.attribute(pid, uid, loginuid)
+                self._sink.record(self._record(who, path, action, decision, -1, st, now))
+            except Exception as e:  # answered already; the lost record is counted
+                self._n[5] += 1
+                log.exception("gate_record_failed", rule=decision.rule, error=str(e))
             return
         cb = self._deny_callback(efd, t0)
         try:
-            self._sink.record(rec, on_durable=cb)
+            who = self._enricher.attribute(pid, uid, loginuid)
+            self._sink.record(
+                self._record(who, path, action, decision, efd, st, now), on_durable=cb
+            )
         except Exception as e:
             log.exception("gate_record_failed", rule=decision.rule, error=str(e))
             cb(False)
@@ -455,7 +468,7 @@ class Gate:
             if not ok:
                 with self._resp_lock:
                     self._journal_failures += 1
-                log.exception("gate_deny_not_journaled", fd=efd)
+                log.error("gate_deny_not_journaled", fd=efd)
             self._respond_once(efd, allow=False, t0=t0)
 
         return on_durable
@@ -541,7 +554,7 @@ class Gate:
         kind, _ = self._state.ids.classify(uid, loginuid)
         if kind is not SubjectKind.TECHNICIAN:
             return uid, loginuid, None
-        return uid, loginuid, attr.attribute(pid, uid, loginuid, self._names, enrich=True)
+        return uid, loginuid, self._enricher.attribute(pid, uid, loginuid)
 
     def _record_change(
         self, change: DirEntryChange, uid: int, loginuid: int | None, who: Attribution | None
@@ -572,18 +585,6 @@ class Gate:
 
 def _identities(policy: GatePolicy) -> Identities:
     return resolve(policy.technician_accounts, policy.principal_accounts)
-
-
-def _tgid(tid: int) -> int:
-    """The process id of thread `tid` (the tid itself when it cannot be read)."""
-    try:
-        with open(f"/proc/{tid}/status", "rb") as f:
-            for line in f.read(1024).splitlines():
-                if line.startswith(b"Tgid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return tid
 
 
 __all__ = ["Gate", "GateError", "GatePolicy", "GateStats", "RootPlan"]
