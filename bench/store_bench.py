@@ -25,7 +25,7 @@ import psycopg
 
 from protos.evidence.merkle import MerkleTree
 from server.store import AgentRow, Store, StoredRecord, open_store
-from server.store.sql import EVENT_COLUMNS, event_row
+from server.store.sql import EVENT_COLUMNS, event_rows
 from tests.server.conftest import Cluster, find_initdb, fresh_database, start_cluster
 
 BATCH = 500
@@ -107,7 +107,7 @@ def sqlite_bare(path: Path, work: list[list[StoredRecord]]) -> float:
     t0 = time.perf_counter()
     for batch in work:
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(sql, [event_row(r) for r in batch])
+        conn.executemany(sql, event_rows(batch))
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - t0
     conn.close()
@@ -121,7 +121,7 @@ def postgres_bare(url: str, work: list[list[StoredRecord]]) -> float:
         t0 = time.perf_counter()
         for batch in work:
             with conn.transaction(), conn.cursor() as cur:
-                cur.executemany(sql, [event_row(r) for r in batch])
+                cur.executemany(sql, event_rows(batch))
         return time.perf_counter() - t0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from server.store.base import (
+    AgentKeyRow,
     AgentRow,
     EventCursor,
     IntegrityRow,
@@ -17,6 +18,7 @@ from server.store.base import (
 )
 
 __all__ = [
+    "AgentKeyRow",
     "AgentRow",
     "EventCursor",
     "IntegrityRow",

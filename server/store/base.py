@@ -85,6 +85,17 @@ class AgentRow:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentKeyRow:
+    """An epoch key the server learnt from an agent's chain (see protos.evidence.keychain)."""
+
+    agent_id: str
+    epoch: int
+    public_key: bytes
+    valid_from: int  # the log size from which this key signs
+    announced_seq: int  # the seq of the KeyRotated event that announced it
+
+
+@dataclass(frozen=True, slots=True)
 class TokenRow:
     """A single-use enrolment token (only its hash is stored)."""
 
@@ -164,8 +175,14 @@ class Store(Protocol):
         agent_checkpoint: bytes,
         new_head: bytes,
         heartbeat_unix: int,
+        new_keys: Sequence[AgentKeyRow] = (),
+        leaves: Sequence[bytes] | None = None,
     ) -> int:
         """Store a verified batch in one transaction and return the agent's new next_seq.
+
+        `new_keys` are epoch keys the batch's checkpoint taught, stored in the same
+        transaction. `leaves` are the records' RFC 6962 leaf hashes when the caller already
+        computed them (else the store does).
 
         `records` must be contiguous from `expected_next_seq`. The batch is written, the
         agent's checkpoint note kept (keyed by size = last seq + 1) and next_seq/head_hash
@@ -179,6 +196,14 @@ class Store(Protocol):
 
     def leaf_hashes(self, agent_id: str, from_seq: int = 0) -> list[bytes]:
         """RFC 6962 leaf hashes of the agent's records from `from_seq`, in seq order."""
+        ...
+
+    def agent_keys(self, agent_id: str) -> list[AgentKeyRow]:
+        """The epoch keys learnt for the agent after epoch 0, by epoch."""
+        ...
+
+    def records(self, agent_id: str, first_seq: int, end_seq: int) -> list[StoredRecord]:
+        """The agent's stored records with first_seq <= seq < end_seq, by seq."""
         ...
 
     def events(

@@ -15,9 +15,10 @@ from typing import Any, Protocol
 
 import structlog
 
-from protos.evidence.merkle import leaf_hash
+from protos.evidence.merkle import record_leaves
 from server.store import migrations
 from server.store.base import (
+    AgentKeyRow,
     AgentRow,
     EventCursor,
     IntegrityRow,
@@ -84,25 +85,37 @@ class Cursor(Protocol):
     def fetchall(self) -> list[Any]: ...
 
 
-def event_row(rec: StoredRecord) -> tuple[object, ...]:
-    """The row stored for `rec`, in EVENT_COLUMNS order (with its RFC 6962 leaf hash)."""
-    return (
-        rec.agent_id,
-        rec.seq,
-        rec.event,
-        rec.chain_hash,
-        leaf_hash(rec.leaf_data),
-        rec.client,
-        rec.unix_nanos,
-        rec.kind,
-        rec.technician,
-        rec.account,
-        rec.area,
-        rec.action,
-        rec.verdict,
-        rec.rule,
-        rec.path,
-    )
+def event_rows(
+    records: Sequence[StoredRecord], leaves: Sequence[bytes] | None = None
+) -> list[tuple[object, ...]]:
+    """The rows stored for `records`, in EVENT_COLUMNS order (with their RFC 6962 leaf hashes).
+
+    `records` are contiguous; `leaves` are their leaf hashes when already computed.
+    """
+    if not records:
+        return []
+    if leaves is None or len(leaves) != len(records):
+        leaves = record_leaves(records[0].seq, [r.chain_hash for r in records])
+    return [
+        (
+            r.agent_id,
+            r.seq,
+            r.event,
+            r.chain_hash,
+            leaf,
+            r.client,
+            r.unix_nanos,
+            r.kind,
+            r.technician,
+            r.account,
+            r.area,
+            r.action,
+            r.verdict,
+            r.rule,
+            r.path,
+        )
+        for r, leaf in zip(records, leaves, strict=True)
+    ]
 
 
 def _agent(row: Sequence[Any]) -> AgentRow:
@@ -337,6 +350,8 @@ class SqlStore(abc.ABC):
         agent_checkpoint: bytes,
         new_head: bytes,
         heartbeat_unix: int,
+        new_keys: Sequence[AgentKeyRow] = (),
+        leaves: Sequence[bytes] | None = None,
     ) -> int:
         for i, rec in enumerate(records):
             if rec.agent_id != agent_id or rec.seq != expected_next_seq + i:
@@ -358,13 +373,26 @@ class SqlStore(abc.ABC):
             won = cur.rowcount == 1
             if won:
                 if records:
-                    self._insert_events(cur, [event_row(r) for r in records])
+                    self._insert_events(cur, event_rows(records, leaves))
                 self._exec(
                     cur,
                     "INSERT INTO agent_checkpoints (agent_id, size, note) VALUES (?, ?, ?)"
                     " ON CONFLICT (agent_id, size) DO NOTHING",
                     (agent_id, size, agent_checkpoint),
                 )
+                for key in new_keys:
+                    if key.agent_id != agent_id:
+                        raise StoreError(
+                            f"a key of agent {key.agent_id!r} came with agent {agent_id!r}'s "
+                            "batch; expected the batch's own agent"
+                        )
+                    self._exec(
+                        cur,
+                        "INSERT INTO agent_keys"
+                        " (agent_id, epoch, public_key, valid_from, announced_seq)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (agent_id, key.epoch, key.public_key, key.valid_from, key.announced_seq),
+                    )
         if won:
             return size
         return self._replayed(agent_id, expected_next_seq, records)
@@ -414,6 +442,25 @@ class SqlStore(abc.ABC):
                 (agent_id, from_seq),
             )
             return [bytes(r[0]) for r in cur.fetchall()]
+
+    def agent_keys(self, agent_id: str) -> list[AgentKeyRow]:
+        with self._transaction(write=False) as cur:
+            self._exec(
+                cur,
+                "SELECT agent_id, epoch, public_key, valid_from, announced_seq FROM agent_keys"
+                " WHERE agent_id = ? ORDER BY epoch",
+                (agent_id,),
+            )
+            return [AgentKeyRow(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in cur.fetchall()]
+
+    def records(self, agent_id: str, first_seq: int, end_seq: int) -> list[StoredRecord]:
+        with self._transaction(write=False) as cur:
+            self._exec(
+                cur,
+                _SELECT_RECORDS + " WHERE agent_id = ? AND seq >= ? AND seq < ? ORDER BY seq",
+                (agent_id, first_seq, end_seq),
+            )
+            return [_record(r) for r in cur.fetchall()]
 
     def events(
         self,

@@ -13,6 +13,7 @@ unless it pruned them. Pass `synchronous="FULL"` to sync the WAL at every commit
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -46,6 +47,7 @@ class SqliteStore(SqlStore):
         self._lock = threading.Lock()
         with mapped_errors((), (sqlite3.Error, OSError), f"cannot open SQLite store {path}"):
             path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
             self._conn = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
             )
@@ -88,3 +90,17 @@ class SqliteStore(SqlStore):
     def _run_script(self, cur: Cursor, sql: str) -> None:
         for statement in migrations.sqlite_statements(sql):
             cur.execute(statement)
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file with mode 0600 if it does not exist yet.
+
+    The evidence holds personal information (file names carry patient names), so the file
+    is never world-readable, not even for a moment: it is created 0600 here, before SQLite
+    opens it, and SQLite gives its -wal and -shm files the database file's mode.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
