@@ -533,10 +533,12 @@ class Gate:
                 return
             try:
                 events = fan.parse(buf)
-                # Attribute before anything slower: the actor is not blocked and may be gone
-                # within a millisecond (an `mv` from a shell).
+                # New directories first: until marked, opens inside them escape the gate.
+                premarked = self._marker.mark_new_dirs(events)
+                # Then attribute, before anything slower: the actor is not blocked and may be
+                # gone within a millisecond (an `mv` from a shell).
                 actors = {e.pid: self._actor(e.pid) for e in events}
-                for change in self._marker.handle(events):
+                for change in self._marker.handle(events, premarked):
                     self._record_change(change, *actors[change.pid])
             except Exception as e:  # keep watching: a lost change is counted, not fatal
                 self._n[5] += 1

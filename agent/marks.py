@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -164,6 +164,7 @@ class Marker:
     stats: MarkerStats = field(default_factory=MarkerStats)
     plans: list[RootPlan] = field(default_factory=list)
     _mount_fds: dict[tuple[int, int], int] = field(default_factory=dict)
+    _whole_fs: set[tuple[int, int]] = field(default_factory=set)  # fsids with a filesystem mark
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def place(self, plans: Sequence[RootPlan]) -> None:
@@ -172,6 +173,7 @@ class Marker:
             for p in plans:
                 self._open_mount_fd(p.root)
                 if p.mode == "filesystem":
+                    self._whole_fs.add(fan.fsid_of(p.root))
                     flags = fan.FAN_MARK_ADD | fan.FAN_MARK_FILESYSTEM
                     fan.mark(self.perm_fd, flags, PERM_MASK, p.root)
                     fan.mark(self.notif_fd, flags, NOTIF_MASK, p.root)
@@ -205,21 +207,24 @@ class Marker:
         if key not in self._mount_fds:
             self._mount_fds[key] = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
-    def _mark_dirs(self, dirs: Iterable[str]) -> None:
+    def _mark_dirs(self, dirs: Iterable[str], dirfd: int = fan.AT_FDCWD) -> int:
         flags = fan.FAN_MARK_ADD | fan.FAN_MARK_DONT_FOLLOW | fan.FAN_MARK_ONLYDIR
         perm_mask = PERM_MASK | fan.FAN_EVENT_ON_CHILD
+        placed = 0
         for d in dirs:
             try:
-                fan.mark(self.perm_fd, flags, perm_mask, d)
+                fan.mark(self.perm_fd, flags, perm_mask, d, dirfd)
             except fan.FanotifyError:
                 self.stats.mark_errors += 1  # vanished between listing and marking
                 continue
             self.stats.perm_marks += 1
+            placed += 1
             try:
-                fan.mark(self.notif_fd, flags, NOTIF_MASK, d)
+                fan.mark(self.notif_fd, flags, NOTIF_MASK, d, dirfd)
                 self.stats.notif_marks += 1
             except fan.FanotifyError:
                 self.stats.mark_errors += 1
+        return placed
 
     def _unmark_tree(self, root: str) -> None:
         """Unmark top-down, each directory before it is listed: the listing then raises no
@@ -254,10 +259,41 @@ class Marker:
                 return p.mode == "inodes"
         return False
 
-    def handle(self, events: Sequence[fan.Event]) -> list[DirEntryChange]:
-        """Mark new directories (then rescan them); return every change with its path."""
+    def mark_new_dirs(self, events: Sequence[fan.Event]) -> set[int]:
+        """Mark new directories at once, by parent handle and name (no path built): the
+        window in which a file opened inside one escapes the gate is this call's latency.
+        Returns the indices of the events whose directory is now marked."""
+        done: set[int] = set()
+        for i, ev in enumerate(events):
+            if not (ev.mask & fan.FAN_ONDIR and ev.mask & (fan.FAN_CREATE | fan.FAN_MOVED_TO)):
+                continue
+            for fid in ev.info:
+                if (
+                    fid.info_type != fan.FAN_EVENT_INFO_TYPE_DFID_NAME
+                    or not fid.name
+                    or fid.fsid in self._whole_fs
+                ):
+                    continue
+                pfd = self._open_handle(fid)
+                if pfd is None:
+                    continue
+                try:
+                    with self._lock:
+                        if self._mark_dirs([fid.name], pfd):
+                            done.add(i)
+                finally:
+                    os.close(pfd)
+        return done
+
+    def handle(
+        self, events: Sequence[fan.Event], premarked: Collection[int] = ()
+    ) -> list[DirEntryChange]:
+        """Mark new directories (then rescan them); return every change with its path.
+
+        `premarked` are indices of events `mark_new_dirs` has marked already.
+        """
         changes: list[DirEntryChange] = []
-        for ev in events:
+        for index, ev in enumerate(events):
             if ev.mask & fan.FAN_Q_OVERFLOW:
                 self.stats.unresolved += 1
                 continue
@@ -271,30 +307,36 @@ class Marker:
                 path = f"{parent.rstrip('/')}/{fid.name}" if fid.name not in ("", ".") else parent
                 is_dir = bool(ev.mask & fan.FAN_ONDIR)
                 if is_dir and ev.mask & (fan.FAN_CREATE | fan.FAN_MOVED_TO):
-                    self._learn_dir(path)
+                    self._learn_dir(path, marked=index in premarked)
                 changes.append(DirEntryChange(ev.mask, ev.pid, path, is_dir))
         return changes
 
-    def _resolve(self, fid: fan.FileId) -> str | None:
+    def _open_handle(self, fid: fan.FileId) -> int | None:
         candidates = [self._mount_fds[fid.fsid]] if fid.fsid in self._mount_fds else []
         candidates += [fd for key, fd in self._mount_fds.items() if key != fid.fsid]
         for mfd in candidates:
             try:
-                hfd = fan.open_by_handle(mfd, fid)
+                return fan.open_by_handle(mfd, fid)
             except fan.FanotifyError:
                 continue
-            try:
-                return fan.fd_path(hfd)
-            finally:
-                os.close(hfd)
         return None
 
-    def _learn_dir(self, path: str) -> None:
+    def _resolve(self, fid: fan.FileId) -> str | None:
+        hfd = self._open_handle(fid)
+        if hfd is None:
+            return None
+        try:
+            return fan.fd_path(hfd)
+        finally:
+            os.close(hfd)
+
+    def _learn_dir(self, path: str, *, marked: bool) -> None:
         with self._lock:
             if not self._inode_mode(path):
                 return
             self.stats.new_dirs += 1
-            self._mark_dirs([path])
+            if not marked:
+                self._mark_dirs([path])
             # Rescan after marking: what appeared before the mark is marked now; files
             # already there may have been opened ungated, so they are counted.
             for d in _walk_dirs(path, count_files=self.stats):
