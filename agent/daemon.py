@@ -6,8 +6,11 @@ the gate (or monitor mode when not root, not Linux or fanotify is unavailable: s
 start and in every heartbeat), journal AgentStarted, tell systemd READY=1.
 Run: SIGHUP or a changed agreement file reloads it transactionally (a bad one is journaled
 as refused and the last good one stays); the grants file is re-read when it changes and
-grants expire on time; a watchdog thread fails the gate open when it stops making progress
-and ends the process non-zero so systemd restarts it. SIGTERM/SIGINT: clean stop.
+grants expire on time; grants, revocations and agreements the server pushes
+(agent/delivery.py) reach the gate at once, and an agreement from the server is enforced
+from the state dir (`server-agreement.yaml`) from then on, also after a restart; a watchdog
+thread fails the gate open when it stops making progress and ends the process non-zero so
+systemd restarts it. SIGTERM/SIGINT: clean stop.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import structlog
 
 import agent
 from agent.config import AgentConfig, AgentError
+from agent.delivery import Hooks, ServerGrants
 from agent.events import (
     MODE_ENFORCING,
     MODE_MONITOR,
@@ -38,6 +42,7 @@ from agent.events import (
     AgentStoppedRecord,
     AgreementRecord,
     GateIncidentRecord,
+    GrantRecord,
     Origin,
 )
 from agent.grants import GrantBook, GrantFile, GrantsFileError, read_grants_file
@@ -47,6 +52,7 @@ from policies.compile import CompiledAgreement, compile_agreement
 from policies.errors import PolicyError
 from policies.load import load_agreement
 from protos.errors import CustodesError
+from protos.files import write_atomic
 
 if TYPE_CHECKING:
     from agent.gate import Gate
@@ -167,6 +173,15 @@ class Daemon:
         self._ship_stop = threading.Event()
         self._ship_thread: threading.Thread | None = None
         self._epoch_from = 0  # seq at which the current signing epoch began (this run)
+        self._agreement_path = cfg.agreement  # the server's copy once it sent one
+        self._server_grants: ServerGrants | None = None
+        self._grants_lock = threading.Lock()  # the shipper's thread and the main loop refresh
+        self._reload_lock = threading.RLock()
+
+    @property
+    def server_agreement_path(self) -> Path:
+        """Where the last agreement the server pushed and this agent accepted is kept."""
+        return self.cfg.state_dir / "server-agreement.yaml"
 
     # -- start ---------------------------------------------------------------------------
 
@@ -213,11 +228,17 @@ class Daemon:
         """Everything up to READY=1. Raises StartRefusedError, JournalError, PolicyError."""
         cfg = self.cfg
         paths = own_paths(cfg, self.config_path)
+        if self.server_agreement_path.is_file():
+            try:
+                _load(self.server_agreement_path)
+                self._agreement_path = self.server_agreement_path
+            except PolicyError as exc:
+                log.warning("server_agreement_unusable", error=str(exc)[:500])
         try:
-            compiled = _load(cfg.agreement)
+            compiled = _load(self._agreement_path)
         except PolicyError as exc:
             raise StartRefusedError(
-                f"the agreement {cfg.agreement} does not load:\n{exc}", hint=exc.hint
+                f"the agreement {self._agreement_path} does not load:\n{exc}", hint=exc.hint
             ) from exc
         if compiled.client != cfg.client:
             raise StartRefusedError(
@@ -226,7 +247,7 @@ class Daemon:
             )
         check_outside_areas(compiled, paths)
         self._compiled = compiled
-        self._agreement_stamp = FileStamp.of(cfg.agreement)
+        self._agreement_stamp = FileStamp.of(self._agreement_path)
         cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         journal = Journal.open(
             cfg.journal_path,
@@ -256,6 +277,7 @@ class Daemon:
         journal.flush()
         self._epoch_from = journal.next_seq
         self._start_shipping(journal)
+        self._refresh_grants(force=True)  # with the server's grants kept from the last run
         log.info(
             "agent_started",
             agent_id=cfg.agent_id,
@@ -302,7 +324,7 @@ class Daemon:
                 self.reload(reason="SIGHUP")
             if now >= next_poll:
                 next_poll = now + limits.reload_poll_seconds
-                stamp = FileStamp.of(self.cfg.agreement)
+                stamp = FileStamp.of(self._agreement_path)
                 if stamp is not None and stamp != self._agreement_stamp:
                     self.reload(reason="file changed")
                 self._refresh_grants()
@@ -323,8 +345,24 @@ class Daemon:
         if not creds.exists():
             log.info("shipping_disabled", reason="not enrolled", state_dir=str(self.cfg.state_dir))
             return
+        self._server_grants = ServerGrants(
+            creds.read(creds.server_pub),
+            self.cfg.client,
+            self.cfg.state_dir / "server-grants.json",
+            Hooks(
+                journal=self._journal_grant,
+                grants_changed=self._refresh_grants,
+                agreement=self.apply_server_agreement,
+                agreement_sha256=lambda: self._compiled.sha256 if self._compiled else "",
+            ),
+        )
         shipper = Shipper(
-            journal, creds, self.cfg.agent_id, self.cfg.client, server=self.cfg.server
+            journal,
+            creds,
+            self.cfg.agent_id,
+            self.cfg.client,
+            server=self.cfg.server,
+            on_server_message=self._server_grants.handle,
         )
         self._ship_thread = shipper.run_in_thread(self._ship_stop)
         log.info("shipping_started", server=shipper.server)
@@ -415,11 +453,20 @@ class Daemon:
 
     # -- reload --------------------------------------------------------------------------
 
-    def reload(self, *, reason: str) -> bool:
-        """Load the agreement again; swap it in only if it is good. True when swapped."""
+    def reload(self, *, reason: str, path: Path | None = None, version: str = "") -> bool:
+        """Load the agreement again; swap it in only if it is good. True when swapped.
+
+        `path` is a candidate (the server's agreement before it is accepted); `version` names
+        it in the refusal record.
+        """
+        with self._reload_lock:
+            return self._reload_now(reason, path, version)
+
+    def _reload_now(self, reason: str, candidate: Path | None, version: str) -> bool:
         journal = self._journal_or_fail()
-        path = self.cfg.agreement
-        self._agreement_stamp = FileStamp.of(path)
+        path = candidate or self._agreement_path
+        if candidate is None:
+            self._agreement_stamp = FileStamp.of(path)
         try:
             compiled = self._candidate(path)
             if self.gate is not None:
@@ -427,11 +474,13 @@ class Daemon:
         except (CustodesError, OSError) as exc:
             error = str(exc)
             log.warning("agreement_refused", path=str(path), reason=reason, problems=error)
-            journal.note(AgreementRecord("", _file_sha256(path), accepted=False, error=error))
+            journal.note(AgreementRecord(version, _file_sha256(path), accepted=False, error=error))
             return False
         except Exception as exc:  # a bug must not take the last good agreement away
             log.exception("agreement_refused", path=str(path), reason=reason)
-            journal.note(AgreementRecord("", _file_sha256(path), accepted=False, error=str(exc)))
+            journal.note(
+                AgreementRecord(version, _file_sha256(path), accepted=False, error=str(exc))
+            )
             return False
         self._compiled = compiled
         if self._book is not None:
@@ -453,7 +502,41 @@ class Daemon:
         check_outside_areas(compiled, own_paths(self.cfg, self.config_path))
         return compiled
 
+    def apply_server_agreement(self, yaml: bytes, version: str) -> bool:
+        """Enforce an agreement the server pushed (signature already verified) if it is good.
+
+        Written atomically as a candidate in the state dir and reloaded through the same
+        transactional path as a local change; only when accepted does it become
+        `server-agreement.yaml`, enforced from then on. True when accepted.
+        """
+        with self._reload_lock:
+            candidate = self.cfg.state_dir / "server-agreement.candidate.yaml"
+            write_atomic(candidate, yaml, mode=0o600)
+            if not self.reload(reason=f"server pushed {version}", path=candidate, version=version):
+                candidate.unlink(missing_ok=True)
+                return False
+            candidate.replace(self.server_agreement_path)
+            self._agreement_path = self.server_agreement_path
+            self._agreement_stamp = FileStamp.of(self._agreement_path)
+            return True
+
+    def _journal_grant(self, rec: GrantRecord) -> None:
+        journal = self._journal
+        if journal is not None:
+            journal.note(rec)
+        log.info(
+            "grant_" + rec.kind,
+            grant=rec.grant_id,
+            technician=rec.technician,
+            area=rec.area,
+            reason=rec.reason,
+        )
+
     def _refresh_grants(self, *, force: bool = False) -> None:
+        with self._grants_lock:
+            self._refresh_grants_locked(force=force)
+
+    def _refresh_grants_locked(self, *, force: bool) -> None:
         book, journal = self._book, self._journal
         if book is None or journal is None:
             return
@@ -468,19 +551,18 @@ class Daemon:
             current = None
         if current is not None:
             self._grant_file = current
-        grant_file = self._grant_file
-        if grant_file is None:
-            return
-        active, records = book.update(grant_file, datetime.now(UTC))
+        grant_file = self._grant_file or GrantFile((), ())
+        now = datetime.now(UTC)
+        server = self._server_grants
+        revoked: dict[str, str] = {}
+        if server is not None:
+            grant_file = GrantFile(grant_file.grants + server.grants(), grant_file.refused)
+            revoked = server.revocations()
+        active, records = book.update(grant_file, now, revoked)
+        if server is not None:
+            server.prune(now)
         for rec in records:
-            journal.note(rec)
-            log.info(
-                "grant_" + rec.kind,
-                grant=rec.grant_id,
-                technician=rec.technician,
-                area=rec.area,
-                reason=rec.reason,
-            )
+            self._journal_grant(rec)
         ids = tuple(g.id for g in active)
         if ids != self._last_grants or records:
             self._last_grants = ids

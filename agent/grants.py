@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -184,9 +184,13 @@ class GrantBook:
         self._techs = set(known_technicians)
 
     def update(
-        self, current: GrantFile, now: datetime
+        self, current: GrantFile, now: datetime, revoked: Mapping[str, str] | None = None
     ) -> tuple[tuple[Grant, ...], list[GrantRecord]]:
-        """The grants active at `now`, and the records of what changed since the last call."""
+        """The grants active at `now`, and the records of what changed since the last call.
+
+        `revoked` gives the reason (e.g. the server's revocation) for grants that are gone;
+        a grant that vanished without one was "removed from file".
+        """
         records: list[GrantRecord] = []
         valid: dict[str, Grant] = {}
         for r in current.refused:
@@ -211,9 +215,8 @@ class GrantBook:
             if gid not in valid:
                 del self._applied[gid]
                 if gid not in self._expired:
-                    records.append(
-                        GrantRecord("revoked", gid, old.technician, old.area, "removed from file")
-                    )
+                    why = (revoked or {}).get(gid, "removed from file")
+                    records.append(GrantRecord("revoked", gid, old.technician, old.area, why))
         active: list[Grant] = []
         for g in valid.values():
             if g.end <= now:
