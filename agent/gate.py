@@ -56,6 +56,7 @@ TICK_S = 0.1  # poll timeout: bounds how long stop() and fail_open() wait for a 
 JOIN_S = 2.0
 _EXEC_MASK = fan.FAN_OPEN_EXEC_PERM
 _UNSET = 4294967295
+_O_RDONLY = os.O_RDONLY | os.O_CLOEXEC
 _PACK = fan.RESPONSE.pack
 _UNPACK = fan.METADATA.unpack_from
 _META = fan.METADATA.size
@@ -345,6 +346,8 @@ class Gate:
         stat_ = os.stat
         write = os.write
         close = os.close
+        os_open = os.open
+        os_read = os.read
         off = 0
         size = len(buf)
         while off + _META <= size:
@@ -368,7 +371,17 @@ class Gate:
             if uid in techs and uid != 0:
                 self._technician(mask, efd, pid, uid, None, t0)
                 continue
-            loginuid = attr.loginuid_of(pid)
+            loginuid: int | None
+            try:  # attr.loginuid_of, inlined: this is every open's second /proc read
+                lfd = os_open(f"/proc/{pid}/loginuid", _O_RDONLY)
+                try:
+                    loginuid = int(os_read(lfd, 16))
+                finally:
+                    close(lfd)
+                if loginuid == _UNSET:
+                    loginuid = None
+            except (OSError, ValueError):
+                loginuid = None
             if loginuid is not None and loginuid in techs:
                 self._technician(mask, efd, pid, uid, loginuid, t0)
                 continue
