@@ -26,8 +26,13 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every installed subcommand group."""
+def build_parser(broken: list[str] | None = None) -> argparse.ArgumentParser:
+    """The full argument parser with every installed subcommand group.
+
+    A group whose module fails to import is left out and described in `broken`, so that one
+    package's trouble (a server dependency missing on a client's machine, say) never stops
+    another package's commands, such as the agent's, from running.
+    """
     parser = argparse.ArgumentParser(
         prog="custodes",
         description="Enforce and prove technicians' access to clients' sensitive data.",
@@ -42,15 +47,28 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", metavar="GROUP")
     groups.required = True
     for ep in sorted(entry_points(group="custodes.commands"), key=lambda e: e.name):
-        register: Register = ep.load()
+        try:
+            register: Register = ep.load()
+        except Exception as exc:  # isolate each group: report it only if it is the one asked for
+            if broken is not None:
+                broken.append(f"{ep.value}: {type(exc).__name__}: {exc}")
+            continue
         register(groups)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command and return its exit code; never lets a traceback reach the user."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    broken: list[str] = []
+    parser = build_parser(broken)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        if broken and exc.code not in (0, None):
+            for problem in broken:
+                print(f"custodes: a command group could not be loaded: {problem}", file=sys.stderr)
+            print("hint: reinstall with `make venv`; the message names the module", file=sys.stderr)
+        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
     logs.configure(args.log_level, args.log_format)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
