@@ -130,7 +130,12 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--dirs", type=int, default=100_000)
     ap.add_argument("--race-trials", type=int, default=300)
+    ap.add_argument(
+        "--pin", action="store_true", help="run gate and openers on CPU 0 (low-noise comparison)"
+    )
     args = ap.parse_args()
+    if args.pin:
+        os.sched_setaffinity(0, {0})  # threads started later and children inherit it
     made = [n for n in (TECH, STAFF) if n not in {p.pw_name for p in pwd.getpwall()}]
     tech, staff = _user(TECH), _user(STAFF)
     work = Path(tempfile.mkdtemp(prefix="ctest-bench-"))
@@ -240,7 +245,11 @@ def main() -> None:
         for n in made:
             subprocess.run(["userdel", n], check=False)
     width = max(len(r[0]) for r in rows)
-    print(f"gate bench: {args.opens} opens x {args.reps} runs (medians), {os.cpu_count()} CPUs")
+    pinned = "pinned to CPU 0" if args.pin else "unpinned"
+    print(
+        f"gate bench: {args.opens} opens x {args.reps} runs (medians), "
+        f"{os.cpu_count()} CPUs, {pinned}, load {os.getloadavg()[0]:.1f}"
+    )
     for name, value, note in rows:
         print(f"  {name:<{width}}  {value:>22}  {note}")
 
