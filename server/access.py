@@ -250,9 +250,13 @@ def check_draft(
     Returns (start_unix, end_unix, approvals_needed, approver_kinds); start and end are 0
     when the grant starts on approval. Raises ForbiddenError or RequestRefusedError.
     """
-    if person.role is not Role.TECHNICIAN:
+    if person.role is not Role.TECHNICIAN and not (
+        person.role is Role.APPROVER and person.technician
+    ):
         raise ForbiddenError(
-            "role", f"{person.name} is a {person.role}; only technicians may request access"
+            "role",
+            f"{person.name}'s role is {person.role}; only technicians (and leads who are "
+            "technicians too) may request access",
         )
     if not person.serves(draft.client):
         raise ForbiddenError(
@@ -398,7 +402,9 @@ def approve(req: Request, person: Person, compiled: CompiledAgreement, now: int)
     if now >= req.pending_until_unix:
         raise TransitionError(f"request {req.id} lapsed at {_iso(req.pending_until_unix)}")
     if person.role is not Role.APPROVER:
-        raise ForbiddenError("role", f"{person.name} is a {person.role}; only approvers approve")
+        raise ForbiddenError(
+            "role", f"{person.name}'s role is {person.role}; only approvers approve"
+        )
     if not person.serves(req.client):
         raise ForbiddenError(
             "client", f"{person.name} approves for client {person.client}, not {req.client}"

@@ -56,8 +56,10 @@ def new_person(name: str, role: str, client: str | None, technician: str | None)
         ) from None
     if client == MSP_CLIENT:
         raise PersonError(f"client {MSP_CLIENT!r} is reserved for MSP-wide people; omit --client")
-    if technician is not None and the_role is not Role.TECHNICIAN:
-        raise PersonError("--technician applies to technicians only")
+    if technician is not None and the_role not in (Role.TECHNICIAN, Role.APPROVER):
+        raise PersonError("--technician applies to technicians and leads (approvers) only")
+    if technician is not None and the_role is Role.APPROVER and client is not None:
+        raise PersonError("a client's approver is not an MSP technician; omit --technician")
     if the_role is Role.TECHNICIAN and technician is None:
         technician = name
     return Person(name=name, role=the_role, client=client, technician=technician)
@@ -88,7 +90,10 @@ def register(commands: Subparsers, open_store_for: OpenStore) -> None:
     add.add_argument("--role", required=True, choices=[r.value for r in Role])
     add.add_argument("--client", default=None, help="the client they belong to (omit: the MSP)")
     add.add_argument(
-        "--technician", default=None, help="the agreement technician id (default: NAME)"
+        "--technician",
+        default=None,
+        help="the agreement technician id (technicians: default NAME; an MSP lead who is "
+        "also a technician may request too, never approve their own)",
     )
     add.add_argument("--ttl", default="24h", help="how long the token is valid (default 24h)")
     _common(add)
