@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import structlog
@@ -42,6 +42,9 @@ from server.query import QueryService
 from server.store import open_store
 from server.store.base import AgentRow, Store, StoreError
 from server.tls import server_credentials
+
+if TYPE_CHECKING:
+    from server.console.app import ConsoleOptions, RunningConsole
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -73,6 +76,7 @@ class ServerOptions:
     enrol_listen: str | None = None  # None: the main port + 1
     database_url: str | None = None  # None: SQLite in the data directory
     limits: Limits = field(default_factory=Limits)
+    console: ConsoleOptions | None = None  # None: no web console
 
     def enrol_address(self) -> str:
         """Where Enrollment is served."""
@@ -227,10 +231,13 @@ class Running:
     enrol_port: int
     runtime: Runtime
     access: access_service.AccessRuntime
+    console: RunningConsole | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         """Refuse new calls, let running ones finish for `grace` seconds, then close."""
         await self.health.enter_graceful_shutdown()
+        if self.console is not None:
+            await self.console.stop()
         await self.access.stop()
         await asyncio.gather(self.main.stop(grace), self.enrolment.stop(grace))
 
@@ -280,7 +287,12 @@ async def start(options: ServerOptions, db: ThreadPoolExecutor) -> Running:
         "custodes.v1.Access",
     ):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return Running(main, enrolment, health_servicer, main_port, enrol_port, rt, jit)
+    console = None
+    if options.console is not None:
+        from server.console import app as console_app  # noqa: PLC0415 - aiohttp only when used
+
+        console = await console_app.start(rt, jit, options.console)
+    return Running(main, enrolment, health_servicer, main_port, enrol_port, rt, jit, console)
 
 
 async def serve(options: ServerOptions) -> None:
@@ -294,6 +306,7 @@ async def serve(options: ServerOptions) -> None:
             port=running.main_port,
             enrol_port=running.enrol_port,
             fingerprint=running.runtime.server_fingerprint,
+            console=running.console.url if running.console else None,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

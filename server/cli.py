@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from policies.durations import parse_duration
 from protos.errors import CustodesError, UsageError
@@ -24,6 +24,9 @@ from server.datadir import DEFAULT_DATA, DataDir, DataDirError, write_private
 from server.query import describe, event_json, export_client
 from server.store import Store, open_store
 from server.verify_export import verify_file
+
+if TYPE_CHECKING:
+    from server.console.app import ConsoleOptions
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -53,6 +56,14 @@ def register(groups: Subparsers) -> None:
         "--enrol-listen", default=None, help="enrolment address (default: the --listen port + 1)"
     )
     _database_arg(run)
+    run.add_argument("--console", default=None, metavar="HOST:PORT", help="serve the web console")
+    run.add_argument("--console-cert", type=Path, help="console certificate (default: server)")
+    run.add_argument("--console-key", type=Path, help="the console certificate's key")
+    run.add_argument(
+        "--console-insecure-http",
+        action="store_true",
+        help="serve the console over plain HTTP (loopback addresses only)",
+    )
     run.set_defaults(func=_run)
 
     token = commands.add_parser("enroll-token", help="print a single-use enrolment token")
@@ -187,10 +198,25 @@ def _run(args: argparse.Namespace) -> int:
         listen=args.listen,
         enrol_listen=args.enrol_listen,
         database_url=database_url(data, args.database),
+        console=_console_options(args),
     )
     _check_address(options.listen)
     asyncio.run(serve(options))
     return 0
+
+
+def _console_options(args: argparse.Namespace) -> ConsoleOptions | None:
+    if args.console is None:
+        if args.console_cert or args.console_key or args.console_insecure_http:
+            raise UsageError("--console-cert/--console-key/--console-insecure-http need --console")
+        return None
+    from server.console.app import ConsoleOptions  # noqa: PLC0415 - aiohttp only when used
+
+    options = ConsoleOptions(
+        args.console, args.console_cert, args.console_key, args.console_insecure_http
+    )
+    options.check()
+    return options
 
 
 def _check_address(address: str) -> None:

@@ -1,0 +1,270 @@
+"""The client access statement: one client, one month, everything a practice needs to see.
+
+Every technician access to sensitive areas (summarised per technician, area, action and
+decision, with the rule or grant behind it), the grants and tickets, each denial, the
+incidents, and the evidence verification result per agent. Built on the database thread;
+rendered as printable HTML (templates/statement.html) and as PDF (pdf.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+
+from protos.errors import UsageError
+from server.access import Person
+from server.console import rights
+from server.console.views import NANOS, Sources, local
+from server.store.access import StoredRequest
+
+MAX_DENIALS = 500
+_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+def month_bounds(month: str, zone: dt.tzinfo) -> tuple[dt.datetime, dt.datetime]:
+    """The first instant of `month` (YYYY-MM) in `zone` and of the month after."""
+    m = _MONTH.match(month)
+    if m is None or not 1 <= int(m[2]) <= 12:
+        raise UsageError(f"month {month!r} is not YYYY-MM", hint="for example 2026-03")
+    year, mon = int(m[1]), int(m[2])
+    start = dt.datetime(year, mon, 1, tzinfo=zone)
+    end = dt.datetime(year + (mon == 12), mon % 12 + 1, 1, tzinfo=zone)
+    return start, end
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRow:
+    """Accesses of one technician to one area with one action, decision and rule."""
+
+    technician: str
+    area: str
+    action: str
+    decision: str
+    rule: str
+    count: int
+    first: str
+    last: str
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRow:
+    """A request or grant that touched the month."""
+
+    id: str
+    technician: str
+    area: str
+    actions: str
+    ticket: str
+    reason: str
+    window: str
+    state: str
+    approved_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class DenialRow:
+    """One denied access."""
+
+    when: str
+    technician: str
+    area: str
+    action: str
+    path: str
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentRow:
+    """An incident raised in the month."""
+
+    label: str
+    summary: str
+    state: str
+    aware: str
+    due: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationRow:
+    """How far an agent's evidence is verified."""
+
+    agent_id: str
+    hostname: str
+    stored: int
+    verified_to: int
+    findings: int
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """Everything the statement shows."""
+
+    client: str
+    client_name: str
+    month: str
+    month_label: str
+    zone: str
+    generated: str
+    accesses: list[AccessRow]
+    heat_technicians: list[str]
+    heat_days: list[str]
+    heat: dict[tuple[str, str], int]
+    grants: list[GrantRow]
+    denials: list[DenialRow]
+    denials_total: int
+    incidents: list[IncidentRow]
+    verification: list[VerificationRow]
+
+    @property
+    def total_accesses(self) -> int:
+        """Technician accesses to sensitive areas in the month."""
+        return sum(a.count for a in self.accesses)
+
+    @property
+    def verified(self) -> bool:
+        """True when every agent's stored evidence is covered by a verified checkpoint."""
+        return all(v.findings == 0 and v.verified_to >= v.stored for v in self.verification)
+
+
+def _approved_by(stored: StoredRequest) -> str:
+    names = [a.approver for a in stored.request.approvals]
+    if stored.request.break_glass:
+        return "break-glass (no approval)"
+    return ", ".join(names)
+
+
+def build(src: Sources, viewer: Person, client: str, month: str, now: int) -> Statement:
+    """The statement of `client` for `month`; ConsoleForbiddenError outside the viewer's scope."""
+    if not rights.may_read_incidents(viewer) or not viewer.serves(client):
+        raise rights.ConsoleForbiddenError(
+            f"{viewer.name} may not read the access statement of {client}"
+        )
+    zone = src.zone(client)
+    start, end = month_bounds(month, zone)
+    lo, hi = int(start.timestamp()), int(end.timestamp())
+    counts = src.console.hourly_counts(client, lo * NANOS, hi * NANOS)
+    grouped: dict[tuple[str, str, str, str, str], list[int]] = {}
+    heat: dict[tuple[str, str], int] = defaultdict(int)
+    for c in counts:
+        if not c.area:
+            continue
+        key = (c.technician or "", c.area, c.action or "", c.verdict or "", c.rule or "")
+        agg = grouped.setdefault(key, [0, c.hour_unix, c.hour_unix])
+        agg[0] += c.count
+        agg[1] = min(agg[1], c.hour_unix)
+        agg[2] = max(agg[2], c.hour_unix)
+        day = dt.datetime.fromtimestamp(c.hour_unix, zone).strftime("%d")
+        heat[(c.technician or "", day)] += c.count
+    accesses = [
+        AccessRow(
+            *key,
+            agg[0],
+            local(agg[1], zone, "%d %b %H:00"),
+            local(agg[2] + 3599, zone, "%d %b %H:59"),
+        )
+        for key, agg in sorted(grouped.items())
+    ]
+    days = [f"{d:02d}" for d in range(1, (end - start).days + 1)]
+    technicians = sorted({t for t, _ in heat})
+    grants = []
+    for stored in src.access.list_requests(client=client, limit=5000):
+        r = stored.request
+        in_window = bool(r.start_unix) and r.start_unix < hi and r.end_unix > lo
+        if not (in_window or lo <= r.created_unix < hi):
+            continue
+        window = (
+            f"{local(r.start_unix, zone, '%d %b %H:%M')} \u2013 "
+            f"{local(r.end_unix, zone, '%d %b %H:%M')}"
+            if r.start_unix
+            else "never started"
+        )
+        grants.append(
+            GrantRow(
+                r.id,
+                r.technician,
+                r.area,
+                ", ".join(r.actions),
+                r.ticket,
+                r.reason,
+                window,
+                r.state_at(now),
+                _approved_by(stored),
+            )
+        )
+    denied = src.store.events(
+        client=client,
+        verdict="deny",
+        since_nanos=lo * NANOS,
+        until_nanos=hi * NANOS,
+        limit=MAX_DENIALS,
+    )
+    denials = [
+        DenialRow(
+            local(d.unix_nanos / NANOS, zone, "%d %b %H:%M:%S"),
+            d.technician or d.account or "",
+            d.area or "",
+            d.action or "",
+            rights.shown_path(viewer, client, d.technician, d.path or "", src.mask_key),
+            d.rule or "",
+        )
+        for d in denied
+        if d.technician
+    ]
+    denials_total = sum(c.count for c in counts if c.verdict == "deny" and c.area)
+    incidents = [
+        IncidentRow(
+            i.label,
+            i.summary,
+            i.state.value.replace("_", " "),
+            local(i.aware_unix, zone),
+            local(i.due_unix, zone, "%d %b %Y"),
+        )
+        for i in src.incidents.incidents(client=client)
+        if lo <= i.aware_unix < hi or lo <= i.first_unix < hi
+    ]
+    verification = []
+    sizes = src.console.latest_checkpoint_sizes()
+    for agent in src.store.list_agents(client):
+        findings = [f for f in src.store.integrity_events(agent.agent_id) if lo <= f.at_unix < hi]
+        verified = sizes.get(agent.agent_id, 0)
+        if findings:
+            result = f"{len(findings)} integrity finding(s): " + "; ".join(
+                f.kind for f in findings[:5]
+            )
+        elif verified >= agent.next_seq:
+            result = "every stored event verified (signature and hash chain)"
+        else:
+            result = f"events {verified}\u2013{agent.next_seq - 1} await the next signed checkpoint"
+        verification.append(
+            VerificationRow(
+                agent.agent_id, agent.hostname, agent.next_seq, verified, len(findings), result
+            )
+        )
+    name = client
+    row = src.access.current_agreement(client)
+    if row is not None:
+        from policies.load import parse_agreement  # noqa: PLC0415
+
+        with contextlib.suppress(Exception):  # the id stands in for the name
+            name = parse_agreement(row.yaml, filename=client).client.name
+    return Statement(
+        client,
+        name,
+        month,
+        start.strftime("%B %Y"),
+        str(zone),
+        local(now, zone),
+        accesses,
+        technicians,
+        days,
+        dict(heat),
+        grants,
+        denials,
+        denials_total,
+        incidents,
+        verification,
+    )

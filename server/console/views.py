@@ -1,0 +1,400 @@
+"""What each console page shows, gathered on the database thread as plain data.
+
+Every function takes the viewer and applies `rights` itself: nothing leaves here that the
+viewer may not see (other clients are filtered out, paths are masked by the one rule).
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+from protos.wire import pb
+from server.access import ENDED, Person, Request, Role, State
+from server.console import rights
+from server.incidents.model import UNDECIDED, Incident
+from server.store.access import AccessStore
+from server.store.base import EventCursor, Store, StoredRecord
+from server.store.console import ConsoleStore
+from server.store.incidents import IncidentStore
+
+NANOS = 1_000_000_000
+PAGE = 50
+SILENT_SECONDS = 300  # a heartbeat older than this reads as "silent"
+_MODES = {
+    pb.GATE_MODE_ENFORCING: "enforcing",
+    pb.GATE_MODE_MONITOR: "monitor only",
+}
+
+
+@dataclass
+class Sources:
+    """The stores a page reads, and what it needs to present them."""
+
+    store: Store
+    access: AccessStore
+    incidents: IncidentStore
+    console: ConsoleStore
+    mask_key: bytes
+    zones: dict[str, ZoneInfo] = field(default_factory=dict)
+
+    def zone(self, client: str) -> ZoneInfo:
+        """The client's time zone, from its current agreement (UTC without one)."""
+        if client not in self.zones:
+            self.zones[client] = _agreement_zone(self.access, client)
+        return self.zones[client]
+
+
+def _agreement_zone(access: AccessStore, client: str) -> ZoneInfo:
+    from policies.load import parse_agreement  # noqa: PLC0415 - only when a zone is missing
+
+    row = access.current_agreement(client)
+    if row is None:
+        return ZoneInfo("UTC")
+    try:
+        return parse_agreement(row.yaml, filename=client).timezone
+    except Exception:
+        return ZoneInfo("UTC")
+
+
+def local(unix: float | None, zone: ZoneInfo, fmt: str = "%a %d %b %Y %H:%M") -> str:
+    """An instant in the client's zone, as people read it ("" for none)."""
+    if unix is None or unix <= 0:
+        return ""
+    return dt.datetime.fromtimestamp(unix, zone).strftime(fmt)
+
+
+def known_clients(src: Sources) -> list[str]:
+    """Every client the server knows (agents, agreements, requests)."""
+    clients = {a.client for a in src.store.list_agents()}
+    clients |= {a.client for a in src.access.list_agreements()}
+    return sorted(clients)
+
+
+# -- overview ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AgentHealth:
+    """One agent's health line."""
+
+    agent_id: str
+    hostname: str
+    state: str  # healthy, silent, revoked, never seen
+    last_seen: str
+    mode: str
+    agreement_version: str
+    stored: int
+    verified_to: int
+
+
+def agent_health(src: Sources, client: str, now: int) -> list[AgentHealth]:
+    """The client's agents with last heartbeat, gate mode, agreement and checkpoint."""
+    zone = src.zone(client)
+    sizes = src.console.latest_checkpoint_sizes()
+    out = []
+    for a in src.store.list_agents(client):
+        mode, version = "", ""
+        if a.last_heartbeat:
+            try:
+                hb = pb.Heartbeat.FromString(a.last_heartbeat)
+                mode = _MODES.get(hb.mode, "unknown")
+                if hb.mode_note:
+                    mode += f" ({hb.mode_note})"
+                version = hb.agreement_version
+            except Exception:
+                mode = "unreadable heartbeat"
+        if a.revoked_unix is not None:
+            state = "revoked"
+        elif a.last_seen_unix is None:
+            state = "never seen"
+        elif now - a.last_seen_unix > SILENT_SECONDS:
+            state = "silent"
+        else:
+            state = "healthy"
+        out.append(
+            AgentHealth(
+                a.agent_id,
+                a.hostname,
+                state,
+                local(a.last_seen_unix, zone),
+                mode or "not reported",
+                version or "not reported",
+                a.next_seq,
+                sizes.get(a.agent_id, 0),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentLine:
+    """An incident in a queue."""
+
+    id: int
+    label: str
+    client: str
+    state: str
+    summary: str
+    technician: str
+    aware: str
+    due: str
+    days_left: float
+    overdue: bool
+    individuals: int
+
+
+def incident_line(inc: Incident, zone: ZoneInfo, now: float) -> IncidentLine:
+    """An incident as a queue line (times in the client's zone)."""
+    return IncidentLine(
+        inc.id,
+        inc.label,
+        inc.client,
+        inc.state.value.replace("_", " "),
+        inc.summary,
+        inc.technician or "",
+        local(inc.aware_unix, zone),
+        local(inc.due_unix, zone, "%a %d %b %Y"),
+        round(inc.days_left(now), 1),
+        inc.overdue(now),
+        inc.individuals,
+    )
+
+
+def incident_queue(
+    src: Sources, viewer: Person, now: float, *, open_only: bool = False
+) -> list[IncidentLine]:
+    """Incidents the viewer may read, sorted by due date (undecided first)."""
+    if not rights.may_read_incidents(viewer):
+        return []
+    client = viewer.client
+    found = src.incidents.incidents(client=client, states=list(UNDECIDED) if open_only else None)
+    found = [i for i in found if viewer.serves(i.client)]
+    found.sort(key=lambda i: (i.state not in UNDECIDED, i.due_unix, i.id))
+    return [incident_line(i, src.zone(i.client), now) for i in found]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLine:
+    """A request or grant as an approver reads it."""
+
+    id: str
+    client: str
+    technician: str
+    requester: str
+    area: str
+    kinds: str
+    actions: str
+    reason: str
+    ticket: str
+    duration: str
+    window: str
+    state: str
+    created: str
+    approvals: str
+    break_glass: bool
+    decidable: bool
+    last_change: str
+
+
+def _duration(seconds: int) -> str:
+    hours, rest = divmod(seconds, 3600)
+    minutes = rest // 60
+    if hours and minutes:
+        return f"{hours} h {minutes} min"
+    return f"{hours} h" if hours else f"{minutes} min"
+
+
+def request_line(src: Sources, viewer: Person, req: Request, now: int) -> RequestLine:
+    """A request with everything an approver needs, in the client's zone."""
+    zone = src.zone(req.client)
+    window = (
+        f"{local(req.start_unix, zone)} \u2013 {local(req.end_unix, zone, '%H:%M %d %b')}"
+        if req.start_unix
+        else f"from approval, for {_duration(req.duration_seconds)}"
+    )
+    last = req.history[-1] if req.history else None
+    return RequestLine(
+        req.id,
+        req.client,
+        req.technician,
+        req.requester,
+        req.area,
+        ", ".join(area_kinds(src, req.client, req.area)) or "not listed",
+        ", ".join(req.actions),
+        req.reason,
+        req.ticket,
+        _duration(req.duration_seconds),
+        window,
+        req.state_at(now),
+        local(req.created_unix, zone),
+        f"{len(req.approvals)} of {req.approvals_needed}",
+        req.break_glass,
+        rights.may_decide_requests(viewer, req.client) and viewer.name != req.requester,
+        ""
+        if last is None
+        else f"{last.state} by {last.by} {local(last.at_unix, zone)}"
+        + (f": {last.why}" if last.why and last.state != "requested" else ""),
+    )
+
+
+def area_kinds(src: Sources, client: str, area: str) -> list[str]:
+    """The kinds of information the client's agreement says the area holds."""
+    from policies.load import parse_agreement  # noqa: PLC0415
+
+    row = src.access.current_agreement(client)
+    if row is None:
+        return []
+    try:
+        agreement = parse_agreement(row.yaml, filename=client)
+    except Exception:
+        return []
+    for a in agreement.areas:
+        if a.id == area:
+            return [str(k) for k in a.kinds]
+    return []
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPage:
+    """The access requests page."""
+
+    pending: list[RequestLine]
+    active: list[RequestLine]
+    history: list[RequestLine]
+
+
+def requests_page(src: Sources, viewer: Person, now: int) -> RequestPage:
+    """Pending requests, live grants and ended requests the viewer may read."""
+    requester = viewer.name if viewer.role is Role.TECHNICIAN else None
+    rows = src.access.list_requests(client=viewer.client, requester=requester, limit=500)
+    reqs = [r.request for r in rows if viewer.serves(r.request.client)]
+    pending = [r for r in reqs if r.state is State.PENDING and now < r.pending_until_unix]
+    active = [r for r in reqs if r.is_live(now)]
+    ended = [
+        r for r in reqs if r.state in ENDED or (r.state is State.APPROVED and not r.is_live(now))
+    ]
+    pending.sort(key=lambda r: r.created_unix)
+    return RequestPage(
+        [request_line(src, viewer, r, now) for r in pending],
+        [request_line(src, viewer, r, now) for r in active],
+        [request_line(src, viewer, r, now) for r in ended[:100]],
+    )
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """The events page's filters (already checked against the viewer)."""
+
+    client: str | None = None
+    technician: str | None = None
+    area: str | None = None
+    decision: str | None = None
+    since_unix: int | None = None
+    until_unix: int | None = None
+    after: EventCursor | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventLine:
+    """One event as the viewer may read it."""
+
+    when: str
+    iso: str
+    client: str
+    agent_id: str
+    seq: int
+    who: str
+    action: str
+    decision: str
+    area: str
+    path: str
+    rule: str
+    evidence: str
+    cursor: str
+
+
+def scoped_filter(viewer: Person, f: EventFilter) -> EventFilter:
+    """The filter narrowed to what the viewer may see; ConsoleForbiddenError for another client."""
+    client = f.client
+    if viewer.client is not None:
+        if client not in (None, viewer.client):
+            raise rights.ConsoleForbiddenError(
+                f"{viewer.name} may see client {viewer.client} only, not {client}"
+            )
+        client = viewer.client
+    technician = f.technician
+    if not rights.sees_all_events(viewer):
+        technician = viewer.technician or viewer.name
+    return EventFilter(client, technician, f.area, f.decision, f.since_unix, f.until_unix, f.after)
+
+
+def evidence_status(sizes: Sequence[int], seq: int) -> str:
+    """Which verified checkpoint covers `seq` (the smallest size above it)."""
+    i = bisect.bisect_right(sizes, seq)
+    if i == len(sizes):
+        return "stored, awaiting the next checkpoint"
+    return f"verified · checkpoint {sizes[i]}"
+
+
+def event_lines(src: Sources, viewer: Person, rows: Sequence[StoredRecord]) -> list[EventLine]:
+    """Rows as the viewer may read them, with their evidence status."""
+    sizes: dict[str, list[int]] = {}
+    out = []
+    for r in rows:
+        if r.agent_id not in sizes:
+            sizes[r.agent_id] = src.console.checkpoint_sizes(r.agent_id)
+        zone = src.zone(r.client)
+        unix = r.unix_nanos / NANOS
+        out.append(
+            EventLine(
+                local(unix, zone, "%d %b %Y %H:%M:%S"),
+                dt.datetime.fromtimestamp(unix, zone).isoformat(timespec="seconds"),
+                r.client,
+                r.agent_id,
+                r.seq,
+                r.technician or r.account or "",
+                r.action or r.kind,
+                r.verdict or "",
+                r.area or "",
+                rights.shown_path(viewer, r.client, r.technician, r.path or "", src.mask_key),
+                r.rule or "",
+                evidence_status(sizes[r.agent_id], r.seq),
+                f"{r.unix_nanos}:{r.agent_id}:{r.seq}",
+            )
+        )
+    return out
+
+
+def find_events(
+    src: Sources, viewer: Person, f: EventFilter, limit: int = PAGE
+) -> list[StoredRecord]:
+    """One page of events under the viewer's scope."""
+    g = scoped_filter(viewer, f)
+    return src.store.events(
+        client=g.client,
+        technician=g.technician,
+        area=g.area,
+        verdict=g.decision,
+        since_nanos=None if g.since_unix is None else g.since_unix * NANOS,
+        until_nanos=None if g.until_unix is None else g.until_unix * NANOS,
+        after=g.after,
+        limit=limit,
+    )
+
+
+def parse_cursor(text: str | None) -> EventCursor | None:
+    """`after=NANOS:AGENT:SEQ` back into a cursor (None when absent or malformed)."""
+    if not text:
+        return None
+    nanos, _, rest = text.partition(":")
+    agent, _, seq = rest.rpartition(":")
+    if not (nanos.isdigit() and seq.isdigit() and agent):
+        return None
+    return (int(nanos), agent, int(seq))

@@ -1,0 +1,279 @@
+"""Persistence for the audit console: password hashes, sessions, sign-in throttling, and the
+read-only summaries its pages need (hourly counts, checkpoint sizes) over the evidence tables.
+
+Shares the evidence store's connection and transactions (`SqlStore._transaction`), so it
+works on SQLite and PostgreSQL alike. Only a hash of a session id is ever stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from server.store.base import Store, StoreError
+from server.store.sql import Cursor, SqlStore
+
+HOUR_NANOS = 3_600 * 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """A signed-in session (the id itself is never stored, only its hash)."""
+
+    id_hash: bytes
+    name: str
+    csrf: str
+    created_unix: int
+    seen_unix: int
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleRow:
+    """Sign-in failures counted for one key ("name:…" or "addr:…")."""
+
+    key: str
+    failures: int
+    window_start_unix: int
+    locked_until_unix: int
+
+
+@dataclass(frozen=True, slots=True)
+class HourCount:
+    """Events of one (technician, area, verdict) in one UTC hour."""
+
+    hour_unix: int
+    technician: str | None
+    area: str | None
+    verdict: str | None
+    action: str | None
+    rule: str | None
+    count: int
+
+
+class ConsoleStore:
+    """The console's tables and summaries in the evidence store's database."""
+
+    def __init__(self, store: Store) -> None:
+        if not isinstance(store, SqlStore):
+            raise StoreError(
+                f"the console needs the SQL store, got {type(store).__name__}; expected "
+                "SqliteStore or PostgresStore"
+            )
+        self._db = store
+
+    def _tx(self, *, write: bool) -> Any:
+        return self._db._transaction(write=write)
+
+    def _exec(self, cur: Cursor, sql: str, params: Sequence[object] = ()) -> None:
+        self._db._exec(cur, sql, params)
+
+    # -- passwords --------------------------------------------------------------------------
+
+    def set_password(self, name: str, hashed: str, at_unix: int) -> None:
+        """Store (or replace) a person's password hash."""
+        with self._tx(write=True) as cur:
+            self._exec(
+                cur,
+                "INSERT INTO console_passwords (name, hash, changed_unix) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET hash = excluded.hash,"
+                " changed_unix = excluded.changed_unix",
+                (name, hashed, at_unix),
+            )
+
+    def password(self, name: str) -> str | None:
+        """The stored hash for `name`, or None."""
+        with self._tx(write=False) as cur:
+            self._exec(cur, "SELECT hash FROM console_passwords WHERE name = ?", (name,))
+            row = cur.fetchone()
+        return None if row is None else str(row[0])
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def add_session(self, row: SessionRow, replaces: bytes | None = None) -> None:
+        """Store a new session, deleting the one it replaces (rotation at sign-in)."""
+        with self._tx(write=True) as cur:
+            if replaces is not None:
+                self._exec(cur, "DELETE FROM console_sessions WHERE id_hash = ?", (replaces,))
+            self._exec(
+                cur,
+                "INSERT INTO console_sessions"
+                " (id_hash, name, csrf, created_unix, seen_unix, address)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (row.id_hash, row.name, row.csrf, row.created_unix, row.seen_unix, row.address),
+            )
+
+    def session(self, id_hash: bytes) -> SessionRow | None:
+        """The session with this id hash, or None."""
+        with self._tx(write=False) as cur:
+            self._exec(
+                cur,
+                "SELECT id_hash, name, csrf, created_unix, seen_unix, address"
+                " FROM console_sessions WHERE id_hash = ?",
+                (id_hash,),
+            )
+            r = cur.fetchone()
+        if r is None:
+            return None
+        return SessionRow(bytes(r[0]), r[1], r[2], int(r[3]), int(r[4]), r[5])
+
+    def touch_session(self, id_hash: bytes, seen_unix: int) -> None:
+        """Record activity on a session (its idle timeout restarts)."""
+        with self._tx(write=True) as cur:
+            self._exec(
+                cur,
+                "UPDATE console_sessions SET seen_unix = ? WHERE id_hash = ?",
+                (seen_unix, id_hash),
+            )
+
+    def end_session(self, id_hash: bytes) -> None:
+        """Delete a session (sign-out, timeout)."""
+        with self._tx(write=True) as cur:
+            self._exec(cur, "DELETE FROM console_sessions WHERE id_hash = ?", (id_hash,))
+
+    def end_sessions_of(self, name: str) -> int:
+        """Delete every session of a person (password change); how many."""
+        with self._tx(write=True) as cur:
+            self._exec(cur, "DELETE FROM console_sessions WHERE name = ?", (name,))
+            return int(cur.rowcount)
+
+    def purge_sessions(self, idle_before: int, created_before: int) -> int:
+        """Delete sessions idle since `idle_before` or created before `created_before`."""
+        with self._tx(write=True) as cur:
+            self._exec(
+                cur,
+                "DELETE FROM console_sessions WHERE seen_unix < ? OR created_unix < ?",
+                (idle_before, created_before),
+            )
+            return int(cur.rowcount)
+
+    # -- sign-in throttling -----------------------------------------------------------------
+
+    def throttle(self, keys: Sequence[str]) -> list[ThrottleRow]:
+        """The throttle rows of `keys` that exist."""
+        if not keys:
+            return []
+        marks = ", ".join("?" * len(keys))
+        with self._tx(write=False) as cur:
+            self._exec(
+                cur,
+                "SELECT throttle_key, failures, window_start_unix, locked_until_unix"  # noqa: S608
+                f" FROM console_signin_failures WHERE throttle_key IN ({marks})",
+                list(keys),
+            )
+            return [ThrottleRow(r[0], int(r[1]), int(r[2]), int(r[3])) for r in cur.fetchall()]
+
+    def save_throttle(self, rows: Sequence[ThrottleRow]) -> None:
+        """Store throttle rows (replacing those with the same key)."""
+        with self._tx(write=True) as cur:
+            for r in rows:
+                self._exec(
+                    cur,
+                    "INSERT INTO console_signin_failures"
+                    " (throttle_key, failures, window_start_unix, locked_until_unix)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (throttle_key) DO UPDATE SET"
+                    " failures = excluded.failures,"
+                    " window_start_unix = excluded.window_start_unix,"
+                    " locked_until_unix = excluded.locked_until_unix",
+                    (r.key, r.failures, r.window_start_unix, r.locked_until_unix),
+                )
+
+    def clear_throttle(self, key: str) -> None:
+        """Forget the failures of one key (after a successful sign-in)."""
+        with self._tx(write=True) as cur:
+            self._exec(cur, "DELETE FROM console_signin_failures WHERE throttle_key = ?", (key,))
+
+    # -- summaries over the evidence --------------------------------------------------------
+
+    def hourly_counts(
+        self,
+        client: str,
+        since_nanos: int,
+        until_nanos: int,
+        *,
+        technician: str | None = None,
+        technicians_only: bool = True,
+    ) -> list[HourCount]:
+        """Access events of `client` per UTC hour and (technician, area, verdict, action, rule).
+
+        Technicians' events only unless `technicians_only` is False.
+        """
+        where = ["client = ?", "unix_nanos >= ?", "unix_nanos < ?", "kind = 'access'"]
+        params: list[object] = [client, since_nanos, until_nanos]
+        if technicians_only:
+            where.append("technician IS NOT NULL AND technician <> ''")
+        if technician is not None:
+            where.append("technician = ?")
+            params.append(technician)
+        sql = (
+            f"SELECT unix_nanos / {HOUR_NANOS} AS h, technician, area, verdict, action, rule,"  # noqa: S608
+            f" COUNT(*) FROM events WHERE {' AND '.join(where)}"
+            " GROUP BY h, technician, area, verdict, action, rule"
+        )
+        with self._tx(write=False) as cur:
+            self._exec(cur, sql, params)
+            return [
+                HourCount(int(r[0]) * 3600, r[1], r[2], r[3], r[4], r[5], int(r[6]))
+                for r in cur.fetchall()
+            ]
+
+    def kind_counts(self, agent_id: str, since_nanos: int) -> list[tuple[int, str, int]]:
+        """(UTC hour, kind, count) of an agent's events since `since_nanos`."""
+        with self._tx(write=False) as cur:
+            self._exec(
+                cur,
+                f"SELECT unix_nanos / {HOUR_NANOS} AS h, kind, COUNT(*) FROM events"  # noqa: S608
+                " WHERE agent_id = ? AND unix_nanos >= ? GROUP BY h, kind",
+                (agent_id, since_nanos),
+            )
+            return [(int(r[0]) * 3600, str(r[1]), int(r[2])) for r in cur.fetchall()]
+
+    def checkpoint_sizes(self, agent_id: str) -> list[int]:
+        """Sizes of the agent's signed checkpoints the server verified and kept, ascending."""
+        with self._tx(write=False) as cur:
+            self._exec(
+                cur,
+                "SELECT size FROM agent_checkpoints WHERE agent_id = ? ORDER BY size",
+                (agent_id,),
+            )
+            return [int(r[0]) for r in cur.fetchall()]
+
+    def latest_checkpoint_sizes(self) -> dict[str, int]:
+        """agent_id → the size of its latest verified checkpoint."""
+        with self._tx(write=False) as cur:
+            self._exec(cur, "SELECT agent_id, MAX(size) FROM agent_checkpoints GROUP BY agent_id")
+            return {str(a): int(s) for a, s in cur.fetchall()}
+
+    def lifecycle(self, agent_id: str, since_nanos: int) -> list[tuple[int, str]]:
+        """(unix_nanos, kind) of the agent's non-access records since `since_nanos`."""
+        with self._tx(write=False) as cur:
+            self._exec(
+                cur,
+                "SELECT unix_nanos, kind FROM events WHERE agent_id = ? AND kind <> 'access'"
+                " AND unix_nanos >= ? ORDER BY unix_nanos LIMIT 10000",
+                (agent_id, since_nanos),
+            )
+            return [(int(r[0]), str(r[1])) for r in cur.fetchall()]
+
+    def first_seq_at(self, agent_id: str, nanos: int, next_seq: int) -> int:
+        """The first seq whose time is at or after `nanos` (binary search over the primary key).
+
+        An agent's seq grows with its clock, so counting events per day needs no time index:
+        the events of a day are the seqs between two boundaries.
+        """
+        lo, hi = 0, next_seq
+        with self._tx(write=False) as cur:
+            while lo < hi:
+                mid = (lo + hi) // 2
+                self._exec(
+                    cur,
+                    "SELECT unix_nanos FROM events WHERE agent_id = ? AND seq = ?",
+                    (agent_id, mid),
+                )
+                row = cur.fetchone()
+                if row is None or int(row[0]) >= nanos:  # a pruned seq counts as later
+                    hi = mid
+                else:
+                    lo = mid + 1
+        return lo
