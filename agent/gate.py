@@ -272,9 +272,19 @@ class Gate:
         if self._closed:
             return
         self._closed = True
+        # A thread that did not stop (stuck in a policy call) may still write a response:
+        # keep its fd numbers pointing at /dev/null rather than free them for reuse.
+        stuck = any(t.is_alive() and t is not threading.current_thread() for t in self._threads)
+        null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC) if stuck else -1
         for fd in (self._fd, self._notif_fd):
             if fd >= 0:
-                os.close(fd)
+                if stuck:
+                    os.dup2(null, fd)
+                else:
+                    os.close(fd)
+        if stuck:
+            os.close(null)
+            log.error("gate_thread_stuck_at_stop", threads=[t.name for t in self._threads])
         if self._marker is not None:
             self._marker.close()
 
