@@ -29,6 +29,7 @@ from protos.errors import UsageError
 from server import enrol
 from server.access import Person, Role
 from server.access_service import MSP_CLIENT
+from server.console.cli import add_passwd
 from server.datadir import DEFAULT_DATA, DataDir
 from server.store import Store, StoreConflictError
 from server.store.access import AccessStore
@@ -102,6 +103,7 @@ def register(commands: Subparsers, open_store_for: OpenStore) -> None:
     listing.add_argument("--client", default=None)
     _common(listing)
     listing.set_defaults(func=lambda a: _list_people(a, open_store_for))
+    add_passwd(user_commands, open_store_for)  # `server user passwd NAME` (the console's)
 
     agreement = commands.add_parser("agreement", help="service agreements the agents enforce")
     agreement_commands = agreement.add_subparsers(dest="agreement_command", metavar="COMMAND")
