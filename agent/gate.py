@@ -52,6 +52,11 @@ NOTIF_FLAGS = (
     | fan.FAN_CLOEXEC
     | fan.FAN_NONBLOCK
 )
+# O_NONBLOCK: the kernel opens each event's file for us; a FIFO opened for reading without
+# it would wait for a writer, and the writer may be the opener we have not answered yet
+# (6.18 raises no permission events for FIFOs; older kernels did). O_CLOEXEC: no event fd
+# leaks into a child the daemon starts.
+EVENT_FD_FLAGS = os.O_RDONLY | os.O_LARGEFILE | os.O_NONBLOCK | os.O_CLOEXEC
 TICK_S = 0.1  # poll timeout: bounds how long stop() and fail_open() wait for a thread
 JOIN_S = 2.0
 _EXEC_MASK = fan.FAN_OPEN_EXEC_PERM
@@ -177,11 +182,11 @@ class Gate:
         """Create both groups, start the threads, place the marks (returns once placed)."""
         plans = plan(self._roots)
         try:
-            self._fd = fan.init(INIT_FLAGS | fan.FAN_REPORT_TID)
+            self._fd = fan.init(INIT_FLAGS | fan.FAN_REPORT_TID, EVENT_FD_FLAGS)
         except fan.FanotifyError:
             # Older kernels refuse FAN_REPORT_TID for permission groups; the opener's main
             # thread then stands in for it when reading /proc/PID/syscall.
-            self._fd = fan.init(INIT_FLAGS)
+            self._fd = fan.init(INIT_FLAGS, EVENT_FD_FLAGS)
             self.report_tid = False
         self._notif_fd = fan.init(NOTIF_FLAGS)
         self._closed = False
@@ -399,14 +404,17 @@ class Gate:
             write(fd, _PACK(efd, fan.FAN_ALLOW))
             hist[(clock_ns() - t0).bit_length()] += 1
             if uid == 0 and loginuid is not None and loginuid not in ids.principal_uids:
-                self._unknown_admin(efd, pid, uid, loginuid)
+                self._unknown_admin(mask, efd, pid, uid, loginuid)
             close(efd)
 
-    def _unknown_admin(self, efd: int, pid: int, uid: int, loginuid: int) -> None:
+    def _unknown_admin(self, mask: int, efd: int, pid: int, uid: int, loginuid: int) -> None:
         """Journal an interactive root whose login the agreement does not name (answered)."""
         self._n[3] += 1
         try:
             path = self._paths.canonical(fan.fd_path(efd), efd)
+            st = os.fstat(efd)
+            flags = None if stat.S_ISDIR(st.st_mode) else attr.open_flags(pid)
+            action = attr.classify_open(bool(mask & _EXEC_MASK), st, flags, time.time_ns())
             who = self._enricher.attribute(pid, uid, loginuid)
             decision = Decision(
                 Verdict.ALLOW,
@@ -415,7 +423,7 @@ class Gate:
                 "unknown_admin",
                 SubjectKind.OTHER,
             )
-            self._sink.record(self._record(who, path, Action.READ, decision, efd))
+            self._sink.record(self._record(who, path, action, decision, efd, st))
         except Exception as e:  # the answer is given; a record lost is counted
             self._n[5] += 1
             log.exception("gate_record_failed", rule="unknown_admin", error=str(e))

@@ -219,7 +219,7 @@ OPEN_SCRIPT = r"""
 import errno, os, sys
 mode, paths = sys.argv[1], sys.argv[2:]
 flags = {"r": os.O_RDONLY, "w": os.O_WRONLY, "c": os.O_WRONLY | os.O_CREAT,
-         "d": os.O_RDONLY | os.O_DIRECTORY}[mode]
+         "d": os.O_RDONLY | os.O_DIRECTORY, "n": os.O_RDONLY | os.O_NONBLOCK}[mode]
 for p in paths:
     try:
         os.close(os.open(p, flags, 0o666))
