@@ -400,21 +400,36 @@ class Gate:
             if loginuid is not None and loginuid in techs:
                 self._technician(mask, efd, pid, uid, loginuid, t0)
                 continue
+            if uid == 0 and loginuid is not None and loginuid not in ids.principal_uids:
+                self._unknown_admin(mask, efd, pid, uid, loginuid, t0)
+                continue
             n[1] += 1
             write(fd, _PACK(efd, fan.FAN_ALLOW))
             hist[(clock_ns() - t0).bit_length()] += 1
-            if uid == 0 and loginuid is not None and loginuid not in ids.principal_uids:
-                self._unknown_admin(mask, efd, pid, uid, loginuid)
             close(efd)
 
-    def _unknown_admin(self, mask: int, efd: int, pid: int, uid: int, loginuid: int) -> None:
-        """Journal an interactive root whose login the agreement does not name (answered)."""
+    def _unknown_admin(  # noqa: PLR0917 - the hot path avoids keyword-argument overhead
+        self, mask: int, efd: int, pid: int, uid: int, loginuid: int, t0: int
+    ) -> None:
+        """Allow, and journal, an interactive root whose login the agreement does not name.
+
+        The open flags are read before the answer (the opener has left the syscall after);
+        everything else after it.
+        """
         self._n[3] += 1
+        st: os.stat_result | None = None
+        action = Action.READ
         try:
-            path = self._paths.canonical(fan.fd_path(efd), efd)
             st = os.fstat(efd)
             flags = None if stat.S_ISDIR(st.st_mode) else attr.open_flags(pid)
             action = attr.classify_open(bool(mask & _EXEC_MASK), st, flags, time.time_ns())
+        except OSError:
+            self._n[5] += 1
+        self._n[1] += 1
+        os.write(self._fd, _PACK(efd, fan.FAN_ALLOW))
+        self._hist[(time.perf_counter_ns() - t0).bit_length()] += 1
+        try:
+            path = self._paths.canonical(fan.fd_path(efd), efd)
             who = self._enricher.attribute(pid, uid, loginuid)
             decision = Decision(
                 Verdict.ALLOW,
@@ -423,10 +438,12 @@ class Gate:
                 "unknown_admin",
                 SubjectKind.OTHER,
             )
-            self._sink.record(self._record(who, path, action, decision, efd, st))
+            self._sink.record(self._record(who, path, action, decision, -1, st))
         except Exception as e:  # the answer is given; a record lost is counted
             self._n[5] += 1
             log.exception("gate_record_failed", rule="unknown_admin", error=str(e))
+        finally:
+            os.close(efd)
 
     def _technician(  # noqa: PLR0917 - the hot path avoids keyword-argument overhead
         self, mask: int, efd: int, pid: int, uid: int, loginuid: int | None, t0: int
