@@ -8,7 +8,7 @@ from collections.abc import Generator
 import pytest
 
 STRICT = os.environ.get("CUSTODES_STRICT") == "1"
-_MUST_RUN = ("root", "postgres")
+_MUST_RUN = ("root", "postgres", "browser")
 
 
 @pytest.hookimpl(hookwrapper=True)
