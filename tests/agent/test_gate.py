@@ -288,13 +288,18 @@ def test_rename_into_the_area_is_recorded_not_gated(
     src.write_text("x")
     _, _, sink = make_gate(area)
     tech = accounts[TECH]
+    # A notification does not block its actor: the gate identifies it from /proc only while
+    # it lives, as a technician's shell does (an `mv` that has exited counts unattributed).
+    rename = "import os, sys, time; os.rename(*sys.argv[1:]); time.sleep(2)"
     r = subprocess.run(
         [
             "setpriv",
             f"--reuid={tech.pw_uid}",
             f"--regid={tech.pw_gid}",
             "--clear-groups",
-            "mv",
+            OPENER,
+            "-c",
+            rename,
             str(src),
             str(area / "secret/moved.txt"),
         ],
