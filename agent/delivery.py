@@ -71,7 +71,13 @@ def check_grant(server_key: bytes, client: str, signed: pb.SignedGrant, now: dat
     try:
         wire = verify_grant(server_key, signed)
     except SignatureRefusedError as exc:
-        raise DeliveryRefusedError(str(exc)) from exc
+        claimed = _unverified(signed)  # names what it claims to be, for the journal only
+        raise DeliveryRefusedError(
+            str(exc),
+            grant_id=claimed.grant_id,
+            technician=claimed.technician,
+            area=claimed.area,
+        ) from exc
     who = {"grant_id": wire.grant_id, "technician": wire.technician, "area": wire.area}
     if wire.client != client:
         raise DeliveryRefusedError(
@@ -97,6 +103,13 @@ def check_grant(server_key: bytes, client: str, signed: pb.SignedGrant, now: dat
             f"grant {grant.id} ended at {grant.end.isoformat()}; it is {now.isoformat()}", **who
         )
     return grant
+
+
+def _unverified(signed: pb.SignedGrant) -> pb.Grant:
+    try:
+        return pb.Grant.FromString(bytes(signed.grant)[:MAX_STATE_BYTES])
+    except Exception:  # protobuf raises DecodeError and others
+        return pb.Grant()
 
 
 def check_revocation(server_key: bytes, client: str, rev: pb.Revocation) -> None:
