@@ -1,0 +1,131 @@
+"""server/store/access.py on SQLite and PostgreSQL (the `store` fixture runs both)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from policies.model import Action
+from server import access
+from server.access import Approval, Change, Person, Request, Role, State
+from server.store import Store, StoreConflictError
+from server.store.access import AccessStore
+
+T0 = 1_700_000_000
+
+
+def request(rid: str = "jit-1", **changes: object) -> Request:
+    base = Request(
+        id=rid,
+        client="clinic",
+        technician="tech1",
+        requester="tech1",
+        area="records",
+        actions=(Action.READ, Action.LIST),
+        start_unix=0,
+        end_unix=0,
+        duration_seconds=7200,
+        ticket="T-1",
+        reason="printer",
+        break_glass=False,
+        state=State.PENDING,
+        created_unix=T0,
+        pending_until_unix=T0 + 3600,
+        approvals_needed=1,
+        approver_kinds=("client_manager",),
+        agreement_version="v1",
+        history=(Change("requested", "tech1", T0, "printer"),),
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def approved(req: Request, at: int = T0 + 10) -> Request:
+    return replace(
+        req,
+        state=State.APPROVED,
+        start_unix=at,
+        end_unix=at + 7200,
+        approvals=(Approval("mgr", "client_manager", at),),
+        history=(*req.history, Change("approval", "mgr", at), Change("approved", "mgr", at)),
+    )
+
+
+def test_people_round_trip_and_names_are_unique(store: Store) -> None:
+    s = AccessStore(store)
+    s.add_person(Person("tech1", Role.TECHNICIAN, technician="tech1"), T0)
+    s.add_person(Person("mgr", Role.APPROVER, client="clinic"), T0)
+    s.add_person(Person("other", Role.AUDITOR, client="elsewhere"), T0)
+    assert s.get_person("mgr") == Person("mgr", Role.APPROVER, client="clinic")
+    assert s.get_person("nobody") is None
+    assert [p.name for p in s.list_people("clinic")] == ["mgr", "tech1"]
+    with pytest.raises(StoreConflictError):
+        s.add_person(Person("mgr", Role.ADMIN), T0)
+
+
+def test_agreement_versions_are_kept_and_a_changed_version_refused(store: Store) -> None:
+    s = AccessStore(store)
+    row, new = s.add_agreement("clinic", "v1", "aa", b"one", at_unix=T0, by="admin")
+    assert new
+    assert (row.version, row.yaml) == ("v1", b"one")
+    _, again = s.add_agreement("clinic", "v1", "aa", b"one", at_unix=T0 + 1, by="admin")
+    assert not again
+    with pytest.raises(StoreConflictError):
+        s.add_agreement("clinic", "v1", "bb", b"other", at_unix=T0 + 2, by="admin")
+    s.add_agreement("clinic", "v2", "cc", b"two", at_unix=T0 + 3, by="admin")
+    current = s.current_agreement("clinic")
+    assert current is not None
+    assert current.version == "v2"
+    assert s.agreement_heads() == {"clinic": current.id}
+    assert [r.version for r in s.list_agreements()] == ["v1", "v2"]
+    assert s.current_agreement("elsewhere") is None
+
+
+def test_a_request_round_trips_with_history_and_approvals(store: Store) -> None:
+    s = AccessStore(store)
+    before = request()
+    s.add_request(before)
+    after = approved(before)
+    s.save_request(before, after, signed_grant=b"signed")
+    stored = s.get_request("jit-1")
+    assert stored is not None
+    assert stored.request == after
+    assert stored.signed_grant == b"signed"
+    assert stored.revocation is None
+
+
+def test_a_stale_save_is_a_conflict(store: Store) -> None:
+    s = AccessStore(store)
+    before = request()
+    s.add_request(before)
+    s.save_request(before, approved(before))
+    denied = replace(
+        before, state=State.DENIED, history=(*before.history, Change("denied", "mgr", T0 + 20))
+    )
+    with pytest.raises(StoreConflictError):
+        s.save_request(before, denied)  # someone approved it meanwhile
+    stored = s.get_request("jit-1")
+    assert stored is not None
+    assert stored.request.state is State.APPROVED
+
+
+def test_listing_due_live_and_revoked(store: Store) -> None:
+    s = AccessStore(store)
+    lapsing = request("jit-a")
+    s.add_request(lapsing)
+    live = request("jit-b", created_unix=T0 + 1)
+    s.add_request(live)
+    s.save_request(live, approved(live))
+    gone = request("jit-c", created_unix=T0 + 2)
+    s.add_request(gone)
+    s.save_request(gone, approved(gone))
+    revoked = access.revoke(approved(gone), Person("mgr", Role.APPROVER), "done", T0 + 30)
+    s.save_request(approved(gone), revoked, revocation=b"rev")
+
+    assert [r.request.id for r in s.live_grants("clinic", T0 + 100)] == ["jit-b"]
+    assert [r.request.id for r in s.recent_revocations("clinic", T0 + 100)] == ["jit-c"]
+    assert [r.request.id for r in s.due(T0 + 3600)] == ["jit-a"]
+    assert {r.request.id for r in s.due(T0 + 10 + 7200)} == {"jit-a", "jit-b"}
+    assert [r.request.id for r in s.list_requests(states=(State.PENDING,))] == ["jit-a"]
+    assert [r.request.id for r in s.list_requests(client="clinic")] == ["jit-c", "jit-b", "jit-a"]
+    assert s.list_requests(requester="someone-else") == []
