@@ -7,6 +7,11 @@ the current segment (agent.segments) and group-commits: an fsync at most every
 commit ends with a signed checkpoint (C2SP note, extension lines `boot {id}` and
 `epoch {n}`), then the `on_durable` callbacks run. When the disk is full, callbacks get
 False, the loss is counted, and a JournalLoss event is written as soon as space returns.
+
+The signing key rotates on its own (forward security): every `limits.epoch_events` events
+(EPOCH_EVENTS when 0) or EPOCH_SECONDS, whichever comes first. A batch for shipping never
+crosses an epoch: it ends at the checkpoint the old key signed over the KeyRotated event,
+which is what teaches a verifier the new key.
 """
 
 from __future__ import annotations
@@ -41,11 +46,14 @@ from agent.segments import JournalCorruptError, JournalError
 from protos.evidence.chain import GENESIS, Link, link_hash
 from protos.evidence.errors import EvidenceError
 from protos.evidence.note import Checkpoint, NoteVerifier, parse_checkpoint, verify_checkpoint
+from protos.evidence.origins import agent_origin
 
 log = structlog.get_logger("agent.journal")
 
 Callback = Callable[[bool], None]
 _IDLE_WAIT = 0.5  # seconds the writer sleeps when idle; also the retry period after a loss
+EPOCH_EVENTS = 100_000  # rotate the signing key after this many events by default ...
+EPOCH_SECONDS = 24 * 3600.0  # ... or after this long, whichever comes first
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +92,7 @@ class _Ckp:
     size: int
     offset: int
     end: int
+    epoch: int = 0  # the signing epoch; a shipped batch never spans two
 
 
 @dataclass(slots=True)
@@ -142,12 +151,17 @@ class Journal:
     ) -> None:
         self.directory = directory
         self.origin = origin
-        self.name = f"custodes.agent/{origin.client}/{origin.agent_id}"
+        self.name = agent_origin(origin.client, origin.agent_id)
         self.recovery = recovery
         self._key_dir = key_dir
         self._key = key
         self._next_key: tuple[EpochKey, int] | None = None  # (key, seq of its KeyRotated)
         self._prepared: EpochKey | None = None  # made by rotate_key, not yet journaled
+        self._rotate_lock = threading.Lock()
+        self._epoch_events = limits.epoch_events or EPOCH_EVENTS
+        self._epoch_seconds = EPOCH_SECONDS
+        self._epoch_from = next_seq  # where this run's current epoch began counting
+        self._epoch_since = time.monotonic()
         self._failing = False  # the last write failed: log transitions, not every retry
         self._limits = limits
         self._segs = segs
@@ -200,7 +214,7 @@ class Journal:
         """
         limits = limits or Limits()
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        name = f"custodes.agent/{origin.client}/{origin.agent_id}"
+        name = agent_origin(origin.client, origin.agent_id)
         key = epoch_keys.load_or_create(key_dir, name)
         notes: list[str] = []
         found = fmt.list_segments(directory)
@@ -329,11 +343,34 @@ class Journal:
         self._wake.set()
         return done.wait(timeout) and bool(result) and result[0]
 
-    def rotate_key(self) -> None:
-        """Start a new signing epoch: journal its public key, signed in by the old key."""
-        nxt = epoch_keys.prepare_next(self._key_dir, self.name, self._key)
-        self._prepared = nxt
+    def rotate_key(self) -> bool:
+        """Start a new signing epoch: journal its public key, signed in by the old key.
+
+        False (nothing done) while an earlier rotation is not finished yet.
+        """
+        with self._rotate_lock:
+            if self._prepared is not None or self._next_key is not None or self._closing:
+                return False
+            nxt = epoch_keys.prepare_next(self._key_dir, self.name, self._key)
+            self._prepared = nxt
+            self._epoch_from, self._epoch_since = self._next_seq, time.monotonic()
         self.note(KeyRotatedRecord(nxt.epoch, nxt.public))
+        return True
+
+    def set_epoch(self, *, events: int | None = None, seconds: float | None = None) -> None:
+        """Change when the key rotates on its own (0 events or seconds: never by that)."""
+        if events is not None:
+            self._epoch_events = events
+        if seconds is not None:
+            self._epoch_seconds = seconds
+
+    def _maybe_rotate_epoch(self) -> None:
+        by_count = self._epoch_events and self._next_seq - self._epoch_from >= self._epoch_events
+        by_time = self._epoch_seconds and (
+            time.monotonic() - self._epoch_since >= self._epoch_seconds
+        )
+        if (by_count or by_time) and self.rotate_key():
+            log.info("key_rotation_started", epoch=self._key.epoch + 1, at_seq=self._next_seq)
 
     def close(self, timeout: float = 10.0) -> None:
         """Commit what is queued, stop the writer and close the files."""
@@ -448,6 +485,8 @@ class Journal:
         for c in cands[1:]:
             if c.size - from_seq > max_events or end_of(c.size) - start > max_bytes:
                 break
+            if c.epoch != chosen.epoch:  # the old key's checkpoint teaches the new key
+                break
             chosen = c
         read_from = start if from_seq == seg.first_seq else offsets[from_seq - 1 - seg.first_seq]
         with seg.path.open("rb") as fh:
@@ -504,6 +543,7 @@ class Journal:
                 self._commit(items)
                 if self._closing and not self._queue:
                     return
+                self._maybe_rotate_epoch()
         except Exception:
             log.exception("journal_writer_crashed")
             self._closing = True
@@ -642,7 +682,9 @@ class Journal:
         with self._new:
             if seg.checkpoints is None:
                 seg.checkpoints = []
-            seg.checkpoints.append(_Ckp(size, ckp_end, ckp_end + fmt.CKP_HEADER.size + len(note)))
+            seg.checkpoints.append(
+                _Ckp(size, ckp_end, ckp_end + fmt.CKP_HEADER.size + len(note), self._key.epoch)
+            )
             self._latest = note
             self._checkpointed = size
             self._commits += 1
@@ -785,7 +827,7 @@ def _recover_checkpoints(seg: _Segment, notes: list[str]) -> None:
                 os.fsync(fh.fileno())
                 notes.append(f"truncated a torn final checkpoint ({item.reason})")
                 break
-            ckps.append(_Ckp(item.size, item.offset, item.end))
+            ckps.append(_Ckp(item.size, item.offset, item.end, _note_epoch(item.note)))
     seg.checkpoints = ckps
 
 
@@ -820,6 +862,15 @@ def _epoch_of(cp: Checkpoint) -> int:
     raise EvidenceError(f"checkpoint at size {cp.size} has no epoch line; expected 'epoch N'")
 
 
+def _note_epoch(note: bytes) -> int:
+    """The `epoch N` line of a stored note, read without parsing it (0 when absent)."""
+    at = note.find(b"\nepoch ")
+    if at < 0:
+        return 0
+    digits = note[at + 7 : note.find(b"\n", at + 7)]
+    return int(digits) if digits.isdigit() else 0
+
+
 def _read_note(seg: _Segment, c: _Ckp) -> bytes:
     with seg.ckp_path.open("rb") as fh:
         fh.seek(c.offset)
@@ -846,7 +897,7 @@ def _load_index(seg: _Segment, limits: Limits) -> None:
             for c in fmt.iter_checkpoints(fh, seg.ckp_path):
                 if isinstance(c, fmt.Torn):
                     break
-                ckps.append(_Ckp(c.size, c.offset, c.end))
+                ckps.append(_Ckp(c.size, c.offset, c.end, _note_epoch(c.note)))
     seg.offsets, seg.checkpoints, seg.end_offset = offsets, ckps, end
 
 

@@ -25,19 +25,13 @@ from typing import Protocol
 
 import grpc
 import structlog
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.config import AgentError
 from agent.enroll import Credentials, split_address
 from protos.evidence.errors import EvidenceError
 from protos.evidence.merkle import verify_consistency
-from protos.evidence.note import (
-    Checkpoint,
-    NoteVerifier,
-    key_id,
-    parse_checkpoint,
-    verify_checkpoint,
-)
+from protos.evidence.note import Checkpoint, verifiers_for, verify_checkpoint
+from protos.evidence.origins import server_log_origin
 from protos.files import write_atomic
 from protos.wire import pb, rpc
 
@@ -94,7 +88,6 @@ class Witness:
     def __init__(self, path: Path, server_key: bytes, origin: str) -> None:
         self.path = path
         self.origin = origin
-        self._key = Ed25519PublicKey.from_public_bytes(server_key)
         self._public = server_key
         self.note = b""
         self.checkpoint: Checkpoint | None = None
@@ -105,11 +98,7 @@ class Witness:
 
     def verify(self, note: bytes) -> Checkpoint:
         """The checkpoint in `note` once the server key's signature on it verifies."""
-        _, signatures = parse_checkpoint(note)
-        names = sorted({n for n, kid, _ in signatures if key_id(n, self._public) == kid})
-        verifiers = [NoteVerifier(n, self._key) for n in names] or [
-            NoteVerifier("custodes-server", self._key)
-        ]
+        verifiers = verifiers_for(note, self._public, "custodes-server")
         return verify_checkpoint(note, verifiers, origin=self.origin)
 
     def advance(self, note: bytes, proof: list[bytes], proof_from: int) -> Checkpoint:
@@ -160,7 +149,7 @@ class Shipper:
         self.witness = Witness(
             creds.state_dir / "ship" / "server-checkpoint.note",
             creds.read(creds.server_pub),
-            f"custodes.server/{client}/{agent_id}",
+            server_log_origin(agent_id),
         )
         self.acked = self.witness.checkpoint.size if self.witness.checkpoint else 0
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret

@@ -2,7 +2,8 @@
 
 Trust starts at one key (the epoch-0 key enrolled with the server); every later epoch's key
 is learned from a KeyRotated event in the chain, trusted only once a checkpoint signed by
-the previous epoch's key covers it, and from then on the older key is no longer accepted.
+the previous epoch's key covers it, and from then on the older key is no longer accepted
+(protos.evidence.keychain, the same rules the server and the offline auditor apply).
 The result names the first problem in plain words; nothing here raises for bad evidence.
 """
 
@@ -11,14 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from agent import segments as fmt
 from agent.events import EventDecodeError, decode
 from protos.errors import CustodesError
 from protos.evidence.chain import link_hash
 from protos.evidence.errors import short
-from protos.evidence.note import NoteVerifier, parse_checkpoint, verify_checkpoint
+from protos.evidence.keychain import KeyChain, Rotation
+from protos.evidence.note import NoteVerifier
 from protos.wire import pb
 
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # the largest bound agent.toml allows
@@ -79,10 +79,7 @@ def verify_journal(
 
 class _State:
     def __init__(self, verifier: NoteVerifier, origin: str) -> None:
-        self.verifiers: dict[int, NoteVerifier] = {0: verifier}
-        self.origin = origin
-        self.min_epoch = 0
-        self.pending: dict[int, tuple[bytes, int]] = {}  # epoch -> (public key, seq)
+        self.keys = KeyChain.enrolled(origin, verifier.public)
         self.head: bytes | None = None
         self.first_seq = 0
         self.next_seq = 0
@@ -99,7 +96,7 @@ class _State:
             checkpoints=self.checkpoints,
             signed_size=self.signed,
             denies=self.denies,
-            epochs=max(self.verifiers),
+            epochs=self.keys.current.epoch,
             problem=problem,
             notes="; ".join(self.notes),
         )
@@ -174,7 +171,8 @@ class _State:
         if body == "access" and ev.access.verdict == pb.VERDICT_DENY:
             self.denies += 1
         elif body == "key_rotated":
-            self.pending[ev.key_rotated.epoch] = (bytes(ev.key_rotated.public_key), seq)
+            k = ev.key_rotated
+            self.keys.announce(Rotation(seq, k.epoch, bytes(k.public_key)))
 
     def _checkpoints(self, path: Path, first_seq: int, hashes: list[bytes]) -> None:
         ckp = path.with_suffix(fmt.CKP_SUFFIX)
@@ -190,22 +188,7 @@ class _State:
     def _checkpoint(
         self, ckp: Path, note: bytes, size: int, first_seq: int, hashes: list[bytes]
     ) -> None:
-        cp, _ = parse_checkpoint(note)
-        epoch = next(
-            (int(e[6:]) for e in cp.extensions if e.startswith("epoch ") and e[6:].isdigit()), -1
-        )
-        if epoch < self.min_epoch:
-            raise _VerifyFailedError(
-                f"checkpoint at size {cp.size} is signed with epoch {epoch}'s key; expected epoch "
-                f"{self.min_epoch} or later (an erased key cannot sign new history)"
-            )
-        verifier = self.verifiers.get(epoch)
-        if verifier is None:
-            raise _VerifyFailedError(
-                f"checkpoint at size {cp.size} names epoch {epoch}; no key for it was announced "
-                "and signed into the chain"
-            )
-        verify_checkpoint(note, [verifier], origin=self.origin)
+        cp = self.keys.verify(note)
         index = cp.size - first_seq - 1
         if cp.size != size or cp.size > self.next_seq or index >= len(hashes):
             raise _VerifyFailedError(
@@ -223,16 +206,3 @@ class _State:
             )
         self.signed = cp.size
         self.checkpoints += 1
-        self.min_epoch = epoch
-        nxt = self.pending.get(epoch + 1)
-        if nxt is not None and nxt[1] < cp.size:
-            try:
-                public = Ed25519PublicKey.from_public_bytes(nxt[0])
-            except ValueError as exc:
-                raise _VerifyFailedError(
-                    f"the key announced for epoch {epoch + 1} at seq {nxt[1]} is not an Ed25519 "
-                    "public key"
-                ) from exc
-            self.verifiers[epoch + 1] = NoteVerifier(verifier.name, public)
-            self.min_epoch = epoch + 1
-            del self.pending[epoch + 1]

@@ -2,13 +2,15 @@
 
 Identity comes only from the peer's client certificate: the agent id and client in its
 SAN URI. Per batch, in this order and before anything is stored: size limits, the chain
-links from the stored head (gap, reorder, replay, modified), the agent's signed checkpoint
-(enrolled key, origin, size, root = chain head), and only then the event bytes are parsed
-(each must name this agent, client and seq). The batch is stored verbatim with its indexed
-columns, appended to the server's Merkle log for the agent and committed; only then is it
-acknowledged with the server's signed checkpoint and a consistency proof from the size the
-agent last witnessed. A refused batch is recorded as an integrity event and ends the
-stream (the agent reconnects and resumes from the committed sequence).
+links from the stored head (gap, reorder, replay, modified), the event bytes parsed (each
+must name this agent, client and seq; KeyRotated events are noted), then the agent's signed
+checkpoint through its key chain (protos.evidence.keychain: the current epoch's key,
+origin, size, root = chain head), which may teach the next epoch's key. The batch is stored
+verbatim with its indexed columns and any learnt key, appended to the server's Merkle log
+for the agent (server.log.ServerLog) and committed; only then is it acknowledged with the
+server's signed checkpoint and a consistency proof from the size the agent last witnessed.
+A refused batch is recorded as an integrity event and ends the stream (the agent reconnects
+and resumes from the committed sequence).
 """
 
 from __future__ import annotations
@@ -21,23 +23,17 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import grpc
 import structlog
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
 from protos.evidence import errors as ev
 from protos.evidence.chain import Link, verify_links
-from protos.evidence.keys import fingerprint as key_fingerprint
-from protos.evidence.merkle import MerkleTree, leaf_hash
-from protos.evidence.note import (
-    Checkpoint,
-    NoteSigner,
-    NoteVerifier,
-    key_id,
-    parse_checkpoint,
-    verify_checkpoint,
-)
+from protos.evidence.keychain import EpochKey, KeyChain, Rotation
+from protos.evidence.merkle import record_leaves
+from protos.evidence.note import parse_checkpoint
+from protos.evidence.origins import agent_origin
 from protos.wire import pb, rpc
-from server.store import Store, StoreConflictError, StoredRecord, StoreError
+from server.log import ServerLog
+from server.store import AgentKeyRow, StoreConflictError, StoredRecord, StoreError
 from server.tls import PeerError, peer_from_auth_context
 
 if TYPE_CHECKING:
@@ -71,11 +67,6 @@ _CODES: dict[type[ev.EvidenceError], CodeValue] = {
     ev.UnknownKeyError: Code.CODE_UNKNOWN_KEY,
     ev.MalformedError: Code.CODE_MALFORMED,
 }
-
-
-def agent_origin(client: str, agent_id: str) -> str:
-    """The origin line of an agent's own checkpoints (agent.config.AgentConfig.origin)."""
-    return f"custodes.agent/{client}/{agent_id}"
 
 
 class RefusedError(Exception):
@@ -112,7 +103,7 @@ class StreamState:
 
     agent_id: str
     client: str
-    verifier_key: bytes
+    keys: KeyChain  # which epoch key must sign the next checkpoint
     witnessed_size: int  # the server log size the agent last verified
     verified_next: int = 0  # the position after the last batch verified (maybe not committed)
     verified_head: bytes = bytes(32)
@@ -127,6 +118,8 @@ class Prepared:
     records: list[StoredRecord]
     checkpoint: bytes
     new_head: bytes
+    leaves: list[bytes]
+    learnt: list[EpochKey]
 
 
 def to_record(agent_id: str, client: str, link: Link, event: pb.Event) -> StoredRecord:
@@ -163,62 +156,6 @@ def to_record(agent_id: str, client: str, link: Link, event: pb.Event) -> Stored
     )
 
 
-def server_origin(client: str, agent_id: str) -> str:
-    """The origin line of the server's checkpoints over one agent's log."""
-    return f"custodes.server/{client}/{agent_id}"
-
-
-class AgentLogs:
-    """The server's RFC 6962 tree per agent, over `StoredRecord.leaf_data`, kept in memory.
-
-    Built from the store on first use; every call runs on the database thread.
-    """
-
-    def __init__(self, store: Store, signer: NoteSigner) -> None:
-        self._store = store
-        self._signer = signer
-        self._trees: dict[str, MerkleTree] = {}
-        self._notes: dict[str, tuple[int, bytes]] = {}
-
-    def tree(self, agent_id: str) -> MerkleTree:
-        """The agent's tree, loaded from the store when not cached."""
-        tree = self._trees.get(agent_id)
-        if tree is None:
-            tree = MerkleTree(self._store.leaf_hashes(agent_id, 0))
-            self._trees[agent_id] = tree
-        return tree
-
-    def forget(self, agent_id: str) -> None:
-        """Drop the cached tree (another server may have appended)."""
-        self._trees.pop(agent_id, None)
-        self._notes.pop(agent_id, None)
-
-    def append(self, agent_id: str, leaves: Sequence[bytes], expected_size: int) -> None:
-        """Add committed leaves; reload from the store if the cache went stale."""
-        tree = self.tree(agent_id)
-        tree.extend(leaf_hash(d) for d in leaves)
-        if tree.size != expected_size:
-            self.forget(agent_id)
-            self.tree(agent_id)
-
-    def checkpoint(self, agent_id: str, client: str) -> tuple[bytes, int]:
-        """The server's signed note over the agent's log now (cached per size)."""
-        tree = self.tree(agent_id)
-        cached = self._notes.get(agent_id)
-        if cached is not None and cached[0] == tree.size:
-            return cached[1], tree.size
-        note = self._signer.sign(
-            Checkpoint(server_origin(client, agent_id), tree.size, tree.root())
-        )
-        self._store.save_server_checkpoint(agent_id, tree.size, note)
-        self._notes[agent_id] = (tree.size, note)
-        return note, tree.size
-
-    def consistency_proof(self, agent_id: str, old: int, new: int) -> list[bytes]:
-        """RFC 6962 consistency proof between two sizes of the agent's tree."""
-        return self.tree(agent_id).consistency_proof(old, new)
-
-
 def check_batch(
     state: StreamState,
     next_seq: int,
@@ -226,7 +163,7 @@ def check_batch(
     batch: pb.EventBatch,
     max_events: int,
 ) -> tuple[list[Link], bytes]:
-    """Verify a batch that starts at or below `next_seq`; return its links and chain head.
+    """Verify the links of a batch that starts at or below `next_seq`; return them and the head.
 
     Pure. Raises RefusedError with the code for the first problem found.
     """
@@ -254,12 +191,31 @@ def check_batch(
                 seq=first,
             )
         new_head = verify_links(batch.prev_hash, first, links, who=who)
-        cp = verify_checkpoint(
-            batch.checkpoint,
-            _verifiers(batch.checkpoint, state.verifier_key),
-            origin=agent_origin(state.client, state.agent_id),
-        )
-        last = links[-1].seq
+    except ev.EvidenceError as exc:
+        raise _refused(exc, next_seq) from exc
+    return links, new_head
+
+
+def check_checkpoint(  # noqa: PLR0917 - one call site each, all positional parts of a batch
+    state: StreamState,
+    note: bytes,
+    links: Sequence[Link],
+    new_head: bytes,
+    rotations: Sequence[Rotation],
+    next_seq: int,
+) -> list[EpochKey]:
+    """Verify the batch's checkpoint through the agent's key chain; return the keys it taught.
+
+    The chain first notes the batch's KeyRotated events; the checkpoint must be signed by
+    the current epoch's key, cover exactly the batch and sign its chain head. Raises
+    RefusedError.
+    """
+    keys, who, last = state.keys, state.agent_id, links[-1].seq
+    before = len(keys.learnt)
+    try:
+        for rotation in rotations:
+            keys.announce(rotation)
+        cp = keys.verify(note)
         if cp.size != last + 1:
             raise ev.MalformedError(
                 f"the batch's checkpoint covers {cp.size} events, expected {last + 1} "
@@ -273,32 +229,22 @@ def check_batch(
                 seq=last,
             )
     except ev.EvidenceError as exc:
-        code = next((c for t, c in _CODES.items() if isinstance(exc, t)), Code.CODE_MALFORMED)
-        raise RefusedError(code, str(exc), exc.kind, next_seq) from exc
-    return links, new_head
+        raise _refused(exc, next_seq) from exc
+    return keys.learnt[before:]
 
 
-def _verifiers(note: bytes, public: bytes) -> list[NoteVerifier]:
-    """Verifiers for whichever key name signed `note` with the enrolled key."""
-    key = Ed25519PublicKey.from_public_bytes(public)
-    try:
-        _, signatures = parse_checkpoint(note)
-    except ev.MalformedError:
-        return [NoteVerifier("agent", key)]
-    names = {name for name, kid, _ in signatures if key_id(name, public) == kid}
-    if not names:
-        raise ev.UnknownKeyError(
-            "the batch's checkpoint is not signed by the enrolled key "
-            f"(fingerprint {key_fingerprint(public)})"
-        )
-    return [NoteVerifier(name, key) for name in sorted(names)]
+def _refused(exc: ev.EvidenceError, next_seq: int) -> RefusedError:
+    code = next((c for t, c in _CODES.items() if isinstance(exc, t)), Code.CODE_MALFORMED)
+    return RefusedError(code, str(exc), exc.kind, next_seq)
 
 
 def parse_records(
     state: StreamState, links: Sequence[Link], expected_seq: int
-) -> list[StoredRecord]:
-    """Parse verified event bytes into stored records; each must be this agent's own."""
+) -> tuple[list[StoredRecord], list[Rotation]]:
+    """Parse verified event bytes into stored records (each must be this agent's own), and
+    the KeyRotated announcements among them."""
     out: list[StoredRecord] = []
+    rotations: list[Rotation] = []
     for link in links:
         try:
             event = pb.Event.FromString(link.event)
@@ -318,19 +264,39 @@ def parse_records(
                 "wrong_agent",
                 expected_seq,
             )
-        out.append(to_record(state.agent_id, state.client, link, event))
-    return out
+        record = to_record(state.agent_id, state.client, link, event)
+        if record.kind == "key_rotated":
+            k = event.key_rotated
+            rotations.append(Rotation(link.seq, k.epoch, bytes(k.public_key)))
+        out.append(record)
+    return out, rotations
 
 
 class Ingest:
     """Batch handling on the database thread (store calls are synchronous)."""
 
-    def __init__(self, rt: Runtime, logs: AgentLogs) -> None:
+    def __init__(self, rt: Runtime, logs: ServerLog) -> None:
         self.rt = rt
         self.logs = logs
 
+    def key_chain(self, agent_id: str, client: str, enrolled: bytes) -> KeyChain:
+        """The agent's key chain as the store knows it: its latest learnt epoch, or epoch 0."""
+        rows = self.rt.store.agent_keys(agent_id)
+        current = (
+            EpochKey(
+                rows[-1].epoch, rows[-1].public_key, rows[-1].valid_from, rows[-1].announced_seq
+            )
+            if rows
+            else EpochKey(0, enrolled)
+        )
+        return KeyChain(agent_origin(client, agent_id), current)
+
     def handle(self, state: StreamState, batch: pb.EventBatch) -> pb.Ack:
-        """Verify, store, log, commit, and return the Ack (RefusedError otherwise)."""
+        """A batch that starts below the verified position (a replay, maybe with new events).
+
+        The replayed part must equal what is stored; new events are verified as in
+        `prepare` and stored. Returns the Ack; RefusedError otherwise.
+        """
         store = self.rt.store
         agent = store.get_agent(state.agent_id)
         if agent is None or agent.revoked_unix is not None:
@@ -347,22 +313,20 @@ class Ingest:
         if len(fresh) < len(links):
             self._check_replay(state, [link for link in links if link.seq < next_seq], next_seq)
         if fresh:
-            records = parse_records(state, fresh, next_seq)
-            try:
-                next_seq = store.append_batch(
-                    state.agent_id,
-                    next_seq,
-                    records,
-                    agent_checkpoint=bytes(batch.checkpoint),
-                    new_head=new_head,
-                    heartbeat_unix=int(time.time()),
-                )
-            except StoreConflictError as exc:
-                self.logs.forget(state.agent_id)
-                raise RefusedError(
-                    Code.CODE_REPLAY, str(exc), "conflict", exc.next_seq or next_seq
-                ) from exc
-            self.logs.append(state.agent_id, [r.leaf_data for r in records], next_seq)
+            records, rotations = parse_records(state, fresh, next_seq)
+            learnt = check_checkpoint(
+                state, bytes(batch.checkpoint), fresh, new_head, rotations, next_seq
+            )
+            p = Prepared(
+                batch.batch_id,
+                next_seq,
+                records,
+                bytes(batch.checkpoint),
+                new_head,
+                record_leaves(next_seq, [link.hash for link in fresh]),
+                learnt,
+            )
+            next_seq = self._store(state, p)
         log.debug("batch_stored", agent=state.agent_id, first=first, last=last, stored=len(fresh))
         return self.ack(state, batch.batch_id, next_seq)
 
@@ -372,38 +336,59 @@ class Ingest:
         Runs off the database thread, so the next batch is checked while the previous one
         commits. Raises RefusedError.
         """
+        expected = state.verified_next
         links, new_head = check_batch(
-            state, state.verified_next, state.verified_head, batch, self.rt.limits.max_batch_events
+            state, expected, state.verified_head, batch, self.rt.limits.max_batch_events
         )
-        records = parse_records(state, links, state.verified_next)
+        records, rotations = parse_records(state, links, expected)
+        checkpoint = bytes(batch.checkpoint)
+        learnt = check_checkpoint(state, checkpoint, links, new_head, rotations, expected)
+        leaves = record_leaves(links[0].seq, [link.hash for link in links])
         prepared = Prepared(
-            batch.batch_id, links[0].seq, records, bytes(batch.checkpoint), new_head
+            batch.batch_id, links[0].seq, records, checkpoint, new_head, leaves, learnt
         )
         state.verified_next, state.verified_head = links[-1].seq + 1, new_head
         return prepared
 
     def commit(self, state: StreamState, p: Prepared) -> pb.Ack:
         """Store a prepared batch in one transaction, log it, and return the Ack."""
+        return self.ack(state, p.batch_id, self._store(state, p))
+
+    def _store(self, state: StreamState, p: Prepared) -> int:
+        agent_id = state.agent_id
+        keys = [
+            AgentKeyRow(agent_id, k.epoch, k.public, k.valid_from, k.announced_seq)
+            for k in p.learnt
+        ]
         try:
             next_seq = self.rt.store.append_batch(
-                state.agent_id,
+                agent_id,
                 p.first,
                 p.records,
                 agent_checkpoint=p.checkpoint,
                 new_head=p.new_head,
                 heartbeat_unix=int(time.time()),
+                new_keys=keys,
+                leaves=p.leaves,
             )
         except StoreConflictError as exc:
-            self.logs.forget(state.agent_id)
-            raise RefusedError(Code.CODE_REPLAY, str(exc), "conflict", exc.next_seq or 0) from exc
+            self.logs.forget(agent_id)
+            raise RefusedError(
+                Code.CODE_REPLAY, str(exc), "conflict", exc.next_seq or p.first
+            ) from exc
         except StoreError as exc:  # revoked or removed meanwhile
             raise RefusedError(Code.CODE_WRONG_AGENT, str(exc), "revoked", p.first) from exc
-        self.logs.append(state.agent_id, [r.leaf_data for r in p.records], next_seq)
-        return self.ack(state, p.batch_id, next_seq)
+        for k in p.learnt:
+            log.info("agent_key_learnt", agent=agent_id, epoch=k.epoch, valid_from=k.valid_from)
+        self.logs.append(agent_id, p.records, p.leaves)
+        return next_seq
 
     def ack(self, state: StreamState, batch_id: int, next_seq: int) -> pb.Ack:
         """The server's signed checkpoint at `next_seq` and a proof from what was witnessed."""
-        note, size = self.logs.checkpoint(state.agent_id, state.client)
+        note, size = self.logs.checkpoint(state.agent_id)
+        if size < next_seq:
+            self.logs.catch_up(state.agent_id)
+            note, size = self.logs.checkpoint(state.agent_id)
         if size < next_seq:
             raise StoreError(f"the server log holds {size} events, expected {next_seq}")
         proof: list[bytes] = []
@@ -421,7 +406,7 @@ class Ingest:
 
     def _check_replay(self, state: StreamState, old: Sequence[Link], next_seq: int) -> None:
         stored = self.rt.store.leaf_hashes(state.agent_id, old[0].seq)[: len(old)]
-        offered = [leaf_hash(link.seq.to_bytes(8, "big") + link.hash) for link in old]
+        offered = record_leaves(old[0].seq, [link.hash for link in old])
         if stored != offered:
             bad = next(
                 (link.seq for link, s, o in zip(old, stored, offered, strict=False) if s != o),
@@ -445,7 +430,7 @@ class AgentChannelService(rpc.AgentChannelServicer):
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.logs = AgentLogs(rt.store, rt.signer)
+        self.logs = ServerLog(rt.store, rt.signer)
         self.ingest = Ingest(rt, self.logs)
         self._buckets: dict[str, _Bucket] = {}
 
@@ -496,10 +481,9 @@ class AgentChannelService(rpc.AgentChannelServicer):
                 f"agent {name!r} has been revoked or its certificate replaced",
             )
             return
-        state = StreamState(
-            name, client, agent.public_key, _witnessed(hello), agent.next_seq, agent.head_hash
-        )
-        note, _ = await self.rt.db(self.logs.checkpoint, name, client)
+        keys = await self.rt.db(self.ingest.key_chain, name, client, agent.public_key)
+        state = StreamState(name, client, keys, _witnessed(hello), agent.next_seq, agent.head_hash)
+        note, _ = await self.rt.db(self.logs.checkpoint, name)
         log.info("agent_connected", agent=name, client=client, next_seq=agent.next_seq)
         yield pb.ServerMessage(
             resume=pb.Resume(

@@ -3,9 +3,10 @@
 Leaf i of agent A's log is the stored record seq i: leaf data = seq (8 bytes BE) ||
 chain_hash (`StoredRecord.leaf_data`). The tree lives in memory, is rebuilt from the store's
 leaf hashes (one query) on first use, and grows as batches commit. Its checkpoints are C2SP
-signed notes with origin `custodes.server/{agent_id}`, signed with the server's Ed25519 key;
-the agent keeps the last one it verified and checks every later one is consistent with it,
-so a server that rewrites or drops stored history is caught by the client's own agent.
+signed notes with origin `custodes.server/{agent_id}` (`protos.evidence.origins`, which the
+agent checks too), signed with the server's Ed25519 key; the agent keeps the last one it
+verified and checks every later one is consistent with it, so a server that rewrites or
+drops stored history is caught by the client's own agent.
 
 Several servers may share one database: a tree that lags behind the store (another server
 stored a batch for this agent) catches up from the store before it appends.
@@ -20,13 +21,14 @@ from dataclasses import dataclass
 import structlog
 
 from protos.errors import CustodesError
-from protos.evidence.merkle import MerkleTree, leaf_hash
+from protos.evidence.merkle import MerkleTree, record_leaves
 from protos.evidence.note import Checkpoint, NoteSigner
+from protos.evidence.origins import SERVER_PREFIX, server_log_origin
 from server.store.base import Store, StoredRecord
 
 log = structlog.get_logger("custodes.server.log")
 
-ORIGIN_PREFIX = "custodes.server/"
+ORIGIN_PREFIX = SERVER_PREFIX
 
 
 class LogError(CustodesError):
@@ -35,7 +37,7 @@ class LogError(CustodesError):
 
 def origin(agent_id: str) -> str:
     """The origin line of the server's checkpoints over one agent's log."""
-    return f"{ORIGIN_PREFIX}{agent_id}"
+    return server_log_origin(agent_id)
 
 
 @dataclass
@@ -84,9 +86,15 @@ class ServerLog:
         with self._lock:
             self._logs.pop(agent_id, None)
 
-    def append(self, agent_id: str, records: Sequence[StoredRecord]) -> int:
+    def append(
+        self,
+        agent_id: str,
+        records: Sequence[StoredRecord],
+        leaves: Sequence[bytes] | None = None,
+    ) -> int:
         """Add records that were just committed to the store; return the log's size.
 
+        `leaves` are the records' leaf hashes when the caller already computed them.
         Records the log already holds (a replay) are skipped. If the first new record does
         not follow the log's size, the log first catches up from the store. Raises LogError
         if the records are another agent's or are not contiguous.
@@ -110,7 +118,12 @@ class ServerLog:
                     f"agent {agent_id!r} log holds {tree.size} records after catching up with"
                     f" the store; expected seq {records[0].seq} to be the next"
                 )
-            tree.extend(leaf_hash(r.leaf_data) for r in records[tree.size - records[0].seq :])
+            skip = tree.size - records[0].seq
+            if leaves is not None and len(leaves) == len(records):
+                tree.extend(list(leaves[skip:]))
+            else:
+                fresh = records[skip:]
+                tree.extend(record_leaves(fresh[0].seq, [r.chain_hash for r in fresh]))
             return tree.size
 
     def checkpoint(self, agent_id: str) -> tuple[bytes, int]:

@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from protos.evidence.keys import load_private_key
-from protos.evidence.merkle import MerkleTree, node_hash
-from protos.evidence.note import Checkpoint, NoteSigner, NoteVerifier, key_id, parse_checkpoint
+from protos.evidence.merkle import MerkleTree
+from protos.evidence.note import Checkpoint, NoteSigner, parse_checkpoint, verifiers_for
+from protos.evidence.origins import agent_origin, server_log_origin
 from protos.wire import pb, rpc
 from server.datadir import DataDir, write_private
-from server.ingest import agent_origin, server_origin
-from server.store import Store, StoredRecord
+from server.store import AgentRow, Store, StoredRecord
 from server.tls import PeerError, peer_from_auth_context
 from server.verify_export import FORMAT, prefix_blocks
 
@@ -76,14 +75,52 @@ def describe(row: StoredRecord) -> str:
     )
 
 
-def _signer_name(store: Store, agent_id: str, public: bytes, fallback: str) -> str:
-    """The key name the agent signs its notes with (read from one of its stored notes)."""
-    for note in store.agent_checkpoints(agent_id)[-1:]:
-        _, signatures = parse_checkpoint(note)
-        for name, kid, _sig in signatures:
-            if key_id(name, public) == kid:
-                return name
-    return fallback
+def _enrolled_vkey(store: Store, agent: AgentRow, origin: str) -> str:
+    """The agent's epoch-0 verifier key, under the name it signs with (its first note's)."""
+    notes = store.agent_checkpoints(agent.agent_id)[:1]
+    note = notes[0] if notes else b""
+    return verifiers_for(note, agent.public_key, origin)[0].vkey()
+
+
+def _key_rotations(store: Store, agent: AgentRow, first: int) -> tuple[int, list[dict[str, Any]]]:
+    """The KeyRotated runs an auditor needs to follow the key chain up to seq `first`.
+
+    Each run is the KeyRotated event through the end of the checkpoint (signed by the
+    previous key) that covers it, with the chain hash before it. A rotation whose
+    covering checkpoint lies after `first` moves `first` back to the announcement, so that
+    the window holds it. Returns the (maybe earlier) first seq and the runs before it.
+    """
+    keys = store.agent_keys(agent.agent_id)
+    for k in keys:
+        if k.announced_seq < first < k.valid_from:
+            first = k.announced_seq
+    runs: list[dict[str, Any]] = []
+    for k in keys:
+        if k.valid_from > first:
+            break
+        notes = [
+            n
+            for n in store.agent_checkpoints(agent.agent_id, k.valid_from)[:1]
+            if parse_checkpoint(n)[0].size == k.valid_from
+        ]
+        recs = store.records(
+            agent.agent_id, k.announced_seq - 1 if k.announced_seq else 0, k.valid_from
+        )
+        prev = recs.pop(0).chain_hash if k.announced_seq else bytes(32)
+        runs.append(
+            {
+                "epoch": k.epoch,
+                "first_seq": k.announced_seq,
+                "prev_hash": _b64(prev),
+                "events": [_link_json(r) for r in recs],
+                "checkpoint": notes[0].decode() if notes else "",
+            }
+        )
+    return first, runs
+
+
+def _link_json(r: StoredRecord) -> dict[str, Any]:
+    return {"seq": r.seq, "event": _b64(r.event), "chain_hash": _b64(r.chain_hash)}
 
 
 def _all_events(
@@ -125,20 +162,21 @@ def export_document(
         # A contiguous seq span: events inside it but outside the window (clock steps) stay.
         first = min(in_window) if in_window else 0
         size = max(in_window) + 1 if in_window else 0
+        first, rotations = _key_rotations(store, agent, first)
         events = [by_seq[s] for s in range(first, size)]
-        leaves = store.leaf_hashes(agent.agent_id, 0)[:size]
+        tree = MerkleTree(store.leaf_hashes(agent.agent_id, 0)[:size])
         prev = by_seq[first - 1].chain_hash if first else bytes(32)
-        prefix = [[a, b, _b64(_subtree(leaves, a, b))] for a, b in prefix_blocks(first)]
+        prefix = [[a, b, _b64(tree.subtree(a, b))] for a, b in prefix_blocks(first)]
+        server_origin = server_log_origin(agent.agent_id)
         note = store.server_checkpoint(agent.agent_id, size)
         if note is None:
-            root = MerkleTree(leaves).root()
-            note = signer.sign(Checkpoint(server_origin(client, agent.agent_id), size, root))
+            note = signer.sign(Checkpoint(server_origin, size, tree.root()))
         origin = agent_origin(client, agent.agent_id)
-        name = _signer_name(store, agent.agent_id, agent.public_key, origin)
-        verifier = NoteVerifier(name, Ed25519PublicKey.from_public_bytes(agent.public_key))
+        # A checkpoint at exactly `first` says nothing about the window; with key rotations
+        # it may be the one a run above already used, signed by a key retired since.
         cps = [
             n.decode()
-            for n in store.agent_checkpoints(agent.agent_id, first)
+            for n in store.agent_checkpoints(agent.agent_id, first + 1 if first else 0)
             if parse_checkpoint(n)[0].size <= size
         ]
         agents_out.append(
@@ -146,15 +184,13 @@ def export_document(
                 "agent_id": agent.agent_id,
                 "hostname": agent.hostname,
                 "origin": origin,
-                "vkey": _vkey(verifier),
+                "vkey": _enrolled_vkey(store, agent, origin),
+                "key_rotations": rotations,
                 "first_seq": first,
                 "prev_hash": _b64(prev),
-                "events": [
-                    {"seq": r.seq, "event": _b64(r.event), "chain_hash": _b64(r.chain_hash)}
-                    for r in events
-                ],
+                "events": [_link_json(r) for r in events],
                 "agent_checkpoints": cps,
-                "server_origin": server_origin(client, agent.agent_id),
+                "server_origin": server_origin,
                 "server_checkpoint": note.decode(),
                 "prefix": prefix,
                 "revoked_unix": agent.revoked_unix,
@@ -169,18 +205,6 @@ def export_document(
         "server_vkey": signer.vkey(),
         "agents": agents_out,
     }
-
-
-def _vkey(verifier: NoteVerifier) -> str:
-    encoded = base64.b64encode(b"\x01" + verifier.public).decode("ascii")
-    return f"{verifier.name}+{verifier.key_id.hex()}+{encoded}"
-
-
-def _subtree(leaves: list[bytes], a: int, b: int) -> bytes:
-    if b - a == 1:
-        return leaves[a]
-    k = 1 << ((b - a - 1).bit_length() - 1)
-    return node_hash(_subtree(leaves, a, a + k), _subtree(leaves, a + k, b))
 
 
 def export_client(

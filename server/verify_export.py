@@ -1,7 +1,9 @@
 """Offline verification of an evidence export: needs the file, not the server.
 
-For each agent in the export: every chain link from the exported previous hash, every agent
-checkpoint's signature (by the agent's exported key, with the agent's origin) and root;
+For each agent in the export: the agent's key chain from its enrolled epoch-0 key through
+the exported KeyRotated runs before the window (each covered by a checkpoint of the previous
+key), every chain link from the exported previous hash, every agent checkpoint's signature
+(by the key the chain says is current, with the agent's origin) and root;
 the server's signed checkpoint (by the exported server key) whose Merkle root must be
 rebuilt from the exported prefix subtrees and events. With an agent's own latest checkpoint
 (`--agent-checkpoint`), the export must hold every event that checkpoint covers. The first
@@ -20,9 +22,11 @@ from typing import Any
 
 from protos.evidence import errors as ev
 from protos.evidence.bundle import StreamSummary, verify_stream
-from protos.evidence.chain import GENESIS, Link
-from protos.evidence.merkle import EMPTY_ROOT, leaf_hash, node_hash
+from protos.evidence.chain import GENESIS, Link, verify_links
+from protos.evidence.keychain import KeyChain, Rotation, rotation_of
+from protos.evidence.merkle import EMPTY_ROOT, node_hash, record_leaves
 from protos.evidence.note import NoteVerifier, parse_checkpoint, verify_checkpoint
+from protos.evidence.origins import server_log_origin
 
 FORMAT = "custodes-evidence-export/v1"
 MAX_EXPORT_BYTES = 4 * 1024**3
@@ -121,7 +125,7 @@ def verify_document(doc: object, agent_checkpoints: Sequence[bytes] = ()) -> Exp
     server = NoteVerifier.from_vkey(server_vkey)
     agents = _field(doc, "agents", list, "the export")
     results: list[AgentResult] = []
-    heads: dict[str, tuple[str, NoteVerifier, dict[int, bytes], int]] = {}
+    heads: dict[str, tuple[str, KeyChain, dict[int, bytes], int]] = {}
     for entry in agents:
         if not isinstance(entry, dict):
             raise ExportError("an agent entry is not an object")
@@ -131,27 +135,20 @@ def verify_document(doc: object, agent_checkpoints: Sequence[bytes] = ()) -> Exp
         vkey = _field(entry, "vkey", str, where)
         first = _field(entry, "first_seq", int, where)
         prev = _b64(entry.get("prev_hash"), f"{where} prev_hash")
-        links = []
-        for i, e in enumerate(_field(entry, "events", list, where)):
-            if not isinstance(e, dict):
-                raise ExportError(f"{where} event #{i} is not an object")
-            links.append(
-                Link(
-                    _field(e, "seq", int, f"{where} event #{i}"),
-                    _b64(e.get("event"), f"{where} event #{i}"),
-                    _b64(e.get("chain_hash"), f"{where} event #{i} chain_hash"),
-                )
-            )
+        links = _links(entry.get("events"), where)
         notes = [n.encode() for n in _field(entry, "agent_checkpoints", list, where)]
         try:
+            keys = KeyChain.enrolled(origin, NoteVerifier.from_vkey(vkey).public)
+            _follow_rotations(keys, entry.get("key_rotations", []), first, where)
             stream = verify_stream(
                 agent_id,
-                vkey,
+                keys,
                 notes,
                 links,
                 start_seq=first,
                 prev=prev if first else GENESIS,
                 origin=origin,
+                rotations=_rotations(links),
             )
         except ev.GapError as exc:
             raise ExportError(
@@ -161,7 +158,12 @@ def verify_document(doc: object, agent_checkpoints: Sequence[bytes] = ()) -> Exp
             raise type(exc)(f"{where}: {exc}", seq=exc.seq) from exc
         # The server's checkpoint over this agent's log must match the exported events.
         note = _field(entry, "server_checkpoint", str, where).encode()
-        cp = verify_checkpoint(note, [server], origin=_field(entry, "server_origin", str, where))
+        if _field(entry, "server_origin", str, where) != server_log_origin(agent_id):
+            raise ExportError(
+                f"{where}: the server log origin is {entry['server_origin'][:80]!r}; expected "
+                f"{server_log_origin(agent_id)!r}"
+            )
+        cp = verify_checkpoint(note, [server], origin=server_log_origin(agent_id))
         prefix = {}
         for block in _field(entry, "prefix", list, where):
             if not isinstance(block, list) or len(block) != 3:
@@ -174,7 +176,7 @@ def verify_document(doc: object, agent_checkpoints: Sequence[bytes] = ()) -> Exp
                 f"{where}: the server checkpoint covers {cp.size} events; the export ends at "
                 f"{stream.next_seq}"
             )
-        leaves = [leaf_hash(link.seq.to_bytes(8, "big") + link.hash) for link in links]
+        leaves = record_leaves(first, [link.hash for link in links])
         root = tree_root(prefix, leaves, first)
         if root != cp.root:
             raise ev.InconsistentTreeError(
@@ -183,7 +185,7 @@ def verify_document(doc: object, agent_checkpoints: Sequence[bytes] = ()) -> Exp
             )
         hashes = {first: prev}
         hashes.update((link.seq + 1, link.hash) for link in links)
-        heads[origin] = (agent_id, NoteVerifier.from_vkey(vkey), hashes, stream.next_seq)
+        heads[origin] = (agent_id, keys, hashes, stream.next_seq)
         results.append(AgentResult(agent_id, stream, cp.size))
     for note in agent_checkpoints:
         _check_against_agent(note, heads)
@@ -192,8 +194,72 @@ def verify_document(doc: object, agent_checkpoints: Sequence[bytes] = ()) -> Exp
     return ExportReport(client, tuple(results))
 
 
+def _links(raw: object, where: str) -> list[Link]:
+    if not isinstance(raw, list):
+        raise ExportError(f"{where} has no 'events' of type list")
+    links = []
+    for i, e in enumerate(raw):
+        if not isinstance(e, dict):
+            raise ExportError(f"{where} event #{i} is not an object")
+        links.append(
+            Link(
+                _field(e, "seq", int, f"{where} event #{i}"),
+                _b64(e.get("event"), f"{where} event #{i}"),
+                _b64(e.get("chain_hash"), f"{where} event #{i} chain_hash"),
+            )
+        )
+    return links
+
+
+def _rotations(links: Sequence[Link]) -> list[Rotation]:
+    """The KeyRotated announcements among `links`; bytes that are no Event announce nothing
+    (whether they are the signed bytes is for the chain check to say)."""
+    out: list[Rotation] = []
+    for link in links:
+        try:
+            rotation = rotation_of(link.seq, link.event)
+        except ev.MalformedError:
+            continue
+        if rotation is not None:
+            out.append(rotation)
+    return out
+
+
+def _follow_rotations(keys: KeyChain, runs: object, first: int, where: str) -> None:
+    """Learn the keys rotated in before the window from the exported KeyRotated runs."""
+    if not isinstance(runs, list):
+        raise ExportError(f"{where} key_rotations is not a list")
+    for n, run in enumerate(runs):
+        what = f"{where} key rotation #{n}"
+        if not isinstance(run, dict):
+            raise ExportError(f"{what} is not an object")
+        start = _field(run, "first_seq", int, what)
+        links = _links(run.get("events"), what)
+        note = _field(run, "checkpoint", str, what).encode()
+        if not links:
+            raise ExportError(f"{what} holds no events; expected its KeyRotated event")
+        head = verify_links(
+            _b64(run.get("prev_hash"), f"{what} prev_hash"), start, links, who=where
+        )
+        rotation = rotation_of(links[0].seq, links[0].event)
+        if rotation is None:
+            raise ExportError(f"{what} does not start with a KeyRotated event")
+        keys.announce(rotation)
+        cp = keys.verify(note)
+        if cp.size != start + len(links) or cp.root != head:
+            raise ev.ModifiedEventError(
+                f"{what}: the checkpoint at size {cp.size} does not sign the exported run "
+                f"seq {start}..{start + len(links) - 1} (head {ev.short(head)})",
+                seq=start,
+            )
+        if keys.current.epoch != rotation.epoch or cp.size > first:
+            raise ExportError(
+                f"{what}: epoch {rotation.epoch} was not learnt before the window at seq {first}"
+            )
+
+
 def _check_against_agent(
-    note: bytes, heads: dict[str, tuple[str, NoteVerifier, dict[int, bytes], int]]
+    note: bytes, heads: dict[str, tuple[str, KeyChain, dict[int, bytes], int]]
 ) -> None:
     cp, _ = parse_checkpoint(note)
     if cp.origin not in heads:
@@ -201,8 +267,18 @@ def _check_against_agent(
             f"the agent checkpoint is for {cp.origin!r}, which the export does not hold at all "
             f"(its whole history of {cp.size} events is missing)"
         )
-    agent_id, verifier, hashes, next_seq = heads[cp.origin]
-    verify_checkpoint(note, [verifier], origin=cp.origin)
+    agent_id, keys, hashes, next_seq = heads[cp.origin]
+    try:
+        keys.verify_past(note)
+    except ev.UnknownKeyError as exc:
+        if cp.size > next_seq:
+            raise ev.TruncationError(
+                f"history is missing: agent {agent_id!r}'s own checkpoint covers {cp.size} "
+                f"events with a key the export never announces (the export ends after "
+                f"{next_seq} events, at epoch {keys.current.epoch}): {exc}",
+                seq=next_seq,
+            ) from exc
+        raise
     if cp.size > next_seq:
         raise ev.TruncationError(
             f"history is missing: agent {agent_id!r}'s own checkpoint covers {cp.size} events, "

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from protos.evidence.chain import GENESIS, Link, verify_links
 from protos.evidence.errors import ModifiedEventError, TruncationError, short
-from protos.evidence.note import Checkpoint, NoteVerifier, verify_checkpoint
+from protos.evidence.keychain import KeyChain, Rotation
+from protos.evidence.note import NoteVerifier, parse_checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,7 @@ class StreamSummary:
     checkpoints_verified: int
     signed_size: int
     checkpoints_before_start: int
+    epoch: int = 0  # the key chain's epoch after the last verified checkpoint
 
     @property
     def events(self) -> int:
@@ -45,35 +47,44 @@ class StreamSummary:
 
 def verify_stream(
     agent: str,
-    vkey: str,
+    keys: KeyChain | str,
     checkpoints: Sequence[bytes],
     links: Sequence[Link],
     *,
     start_seq: int = 0,
     prev: bytes = GENESIS,
     origin: str | None = None,
+    rotations: Sequence[Rotation] = (),
 ) -> StreamSummary:
     """Verify every link and every checkpoint of `agent`'s exported stream.
 
-    Each checkpoint must be signed by `vkey` (and name `origin`, when given), and its root
-    must equal the chain head after `size` events. Raises the EvidenceError subclass for the
-    first failure: MalformedError, BadSignatureError, UnknownKeyError for checkpoints;
+    `keys` is the agent's key chain at `start_seq` (or the enrolled epoch-0 vkey); the
+    KeyRotated events among `links` are passed as `rotations`. Each checkpoint, in size
+    order, must be signed by the chain's current key (and name `origin`, when given), and
+    its root must equal the chain head after `size` events. Checkpoints before
+    `start_seq` are only counted. Raises the EvidenceError subclass for the first failure:
+    MalformedError, BadSignatureError (RetiredKeyError), UnknownKeyError for checkpoints;
     GapError, ReorderError, DuplicateError, ModifiedEventError for links; ModifiedEventError
     when a signed root differs from the chain; TruncationError when a checkpoint covers
     events that are missing.
     """
-    verifiers = [NoteVerifier.from_vkey(vkey)]
-    signed: list[Checkpoint] = [verify_checkpoint(n, verifiers, origin=origin) for n in checkpoints]
+    if isinstance(keys, str):
+        keys = KeyChain.enrolled(origin, NoteVerifier.from_vkey(keys).public)
     head = verify_links(prev, start_seq, links, who=agent)
     next_seq = start_seq + len(links)
     heads = {start_seq: prev}
     heads.update((link.seq + 1, link.hash) for link in links)
+    sized = sorted(((parse_checkpoint(n)[0].size, n) for n in checkpoints), key=lambda x: x[0])
+    waiting = sorted(rotations, key=lambda r: r.seq)
     before = 0
     signed_size = 0
-    for cp in sorted(signed, key=lambda c: c.size):
-        if cp.size < start_seq:
+    for size, note in sized:
+        if size < start_seq:
             before += 1
             continue
+        while waiting and waiting[0].seq < size:
+            keys.announce(waiting.pop(0))
+        cp = keys.verify(note)
         if cp.size > next_seq:
             raise TruncationError(
                 f"agent {agent!r} signed a checkpoint over {cp.size} events; the export ends "
@@ -92,7 +103,8 @@ def verify_stream(
         first_seq=start_seq,
         next_seq=next_seq,
         head=head,
-        checkpoints_verified=len(signed) - before,
+        checkpoints_verified=len(sized) - before,
         signed_size=signed_size,
         checkpoints_before_start=before,
+        epoch=keys.current.epoch,
     )

@@ -8,12 +8,14 @@ up to the current one costs O(log² n) hash look-ups, never a pass over the leav
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterable, Sequence
 
 from protos.evidence.errors import InconsistentTreeError, MalformedError, short
 
 HASH_SIZE = 32
 EMPTY_ROOT: bytes = hashlib.sha256(b"").digest()
+_SEQ = struct.Struct(">Q")
 
 
 def leaf_hash(data: bytes) -> bytes:
@@ -24,6 +26,19 @@ def leaf_hash(data: bytes) -> bytes:
 def node_hash(left: bytes, right: bytes) -> bytes:
     """SHA-256(0x01 || left || right)."""
     return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def record_leaf(seq: int, chain_hash: bytes) -> bytes:
+    """The leaf hash of a stored agent event: SHA-256(0x00 || seq u64 BE || chain hash)."""
+    return hashlib.sha256(b"\x00" + _SEQ.pack(seq) + chain_hash).digest()
+
+
+def record_leaves(first_seq: int, chain_hashes: Sequence[bytes]) -> list[bytes]:
+    """`record_leaf` for consecutive seqs from `first_seq`, in one tight loop."""
+    sha256, pack = hashlib.sha256, _SEQ.pack
+    return [
+        sha256(b"\x00" + pack(seq) + h).digest() for seq, h in enumerate(chain_hashes, first_seq)
+    ]
 
 
 def _split(n: int) -> int:
@@ -68,9 +83,44 @@ class MerkleTree:
         return index
 
     def extend(self, leaf_hashes: Iterable[bytes]) -> None:
-        """Append every leaf hash in order."""
-        for leaf in leaf_hashes:
-            self.append(leaf)
+        """Append every leaf hash in order; MalformedError (nothing added) if one is not 32 bytes.
+
+        Level by level: the new leaves are added at once, then each level hashes only the
+        pairs the new nodes complete, so a batch costs one tight loop per level.
+        """
+        leaves = leaf_hashes if isinstance(leaf_hashes, list) else list(leaf_hashes)
+        if not leaves:
+            return
+        for leaf in leaves:
+            if len(leaf) != HASH_SIZE:
+                raise MalformedError(f"leaf hash is {len(leaf)} bytes; expected {HASH_SIZE}")
+        levels, sha256 = self._levels, hashlib.sha256
+        old = self._size
+        new = old + len(leaves)
+        levels[0] += b"".join(leaves)
+        level = 0
+        while True:
+            first, last = old >> 1, new >> 1  # parents completed by this level's new nodes
+            if first == last:
+                break
+            if level + 1 == len(levels):
+                levels.append(bytearray())
+            view = memoryview(levels[level])
+            levels[level + 1] += b"".join(
+                [sha256(b"\x01" + view[p * 64 : p * 64 + 64]).digest() for p in range(first, last)]
+            )
+            view.release()
+            old, new, level = first, last, level + 1
+        self._size += len(leaves)
+
+    def subtree(self, start: int, end: int) -> bytes:
+        """The hash of leaves [start, end) for an aligned power-of-two block (a proof node)."""
+        width = end - start
+        if width <= 0 or width & (width - 1) or start % width or end > self._size:
+            raise MalformedError(
+                f"leaves [{start}, {end}) are not an aligned power-of-two block of the tree"
+            )
+        return self._range(start, end)
 
     def root(self, size: int | None = None) -> bytes:
         """The tree head for the first `size` leaves (default: all)."""

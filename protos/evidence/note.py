@@ -83,8 +83,7 @@ class NoteSigner:
 
     def vkey(self) -> str:
         """The verifier key, `name+hexkeyid+base64(0x01 || public key)`, safe to publish."""
-        encoded = base64.b64encode(ED25519_TYPE + self._public).decode("ascii")
-        return f"{self.name}+{self.key_id.hex()}+{encoded}"
+        return self.verifier().vkey()
 
     def verifier(self) -> NoteVerifier:
         """The matching verifier."""
@@ -137,6 +136,11 @@ class NoteVerifier:
             )
         return verifier
 
+    def vkey(self) -> str:
+        """The verifier key, `name+hexkeyid+base64(0x01 || public key)`."""
+        encoded = base64.b64encode(ED25519_TYPE + self.public).decode("ascii")
+        return f"{self.name}+{self.key_id.hex()}+{encoded}"
+
     def verify(self, text: bytes, signature: bytes) -> bool:
         """True when `signature` (without the key id) signs `text`."""
         try:
@@ -144,6 +148,25 @@ class NoteVerifier:
         except InvalidSignature:
             return False
         return True
+
+
+def verifiers_for(
+    note: bytes, public: bytes, default_name: str = "custodes-agent"
+) -> list[NoteVerifier]:
+    """Verifiers of `public` under every key name whose key id matches a signature on `note`.
+
+    A signer's name is not known in advance (an agent signs as its origin, a server as its
+    key name): the key id binds name and key, so only names that fit the key are tried.
+    With no matching signature (or an unparsable note) the verifier is named `default_name`
+    so that verification then fails with UnknownKeyError naming the expected key.
+    """
+    key = Ed25519PublicKey.from_public_bytes(public)
+    try:
+        _, signatures = parse_note(note)
+    except MalformedError:
+        return [NoteVerifier(default_name, key)]
+    names = sorted({name for name, kid, _ in signatures if key_id(name, public) == kid})
+    return [NoteVerifier(name, key) for name in names] or [NoteVerifier(default_name, key)]
 
 
 def parse_note(note: bytes) -> tuple[bytes, list[tuple[str, bytes, bytes]]]:

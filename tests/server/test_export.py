@@ -65,7 +65,7 @@ def test_export_holds_events_checkpoints_and_keys(shipped: tuple[Agent, Chain, P
     assert len(agent["agent_checkpoints"]) == 3
     assert agent["vkey"].startswith("custodes.agent/clinic-a/host-01+")
     assert doc["server_vkey"].startswith("custodes-server+")
-    assert agent["server_checkpoint"].startswith("custodes.server/clinic-a/host-01\n25\n")
+    assert agent["server_checkpoint"].startswith("custodes.server/host-01\n25\n")
 
 
 def test_deleted_event_is_detected(shipped: tuple[Agent, Chain, Path], tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ def test_a_verified_batch_is_stored_and_acknowledged(server: ServerProc, agent: 
     assert replies[0].resume.next_seq == 0
     ack = replies[1].ack
     assert ack.next_seq == 10
-    assert b"custodes.server/clinic-a/host-01\n10\n" in ack.server_checkpoint
+    assert b"custodes.server/host-01\n10\n" in ack.server_checkpoint
     assert stored(server, "host-01") == (10, [])
 
 
