@@ -360,6 +360,9 @@ def system_story(work: Path) -> None:
             banner("A technician checks the backup (in scope) and opens a letter (out of scope)")
             as_technician(account, backup)
             as_technician(account, letter)
+            jit_story(
+                work, data=data, port=port, account=account, letter=letter, agreement=agreement
+            )
         time.sleep(1.5)  # one group commit and one shipping round
 
         banner("The agent's journal verifies, and its latest signed checkpoint")
@@ -393,6 +396,66 @@ def system_story(work: Path) -> None:
         run(
             [BIN, "evidence", "verify", export, "--agent-checkpoint", work / "agent-checkpoint.txt"]
         )
+
+
+def jit_story(
+    work: Path,
+    *,
+    data: Path,
+    port: int,
+    account: pwd.struct_passwd,
+    letter: Path,
+    agreement: Path,
+) -> None:
+    """Just-in-time access: request with a ticket, the practice manager approves, revoke."""
+    banner("The agreement is applied on the server; people log in with single-use tokens")
+    run([BIN, "server", "agreement", "apply", agreement, "--data", data])
+    people = {
+        "jsmith": ["--role", "technician"],
+        "mei.tran": ["--role", "approver", "--client", "harbourside-gp"],
+    }
+    for name, role in people.items():
+        token = run([BIN, "server", "user", "add", name, *role, "--data", data], quiet=True).strip()
+        profile = work / "profiles" / name
+        run([BIN, "login", "--server", f"127.0.0.1:{port}", "--token", token, "--profile", profile])
+
+    def access(name: str, *args: str | Path, quiet: bool = False) -> str:
+        return run([BIN, "access", *args, "--profile", work / "profiles" / name], quiet=quiet)
+
+    banner("The technician asks for two hours on the patient documents, with a ticket")
+    request_id = access(
+        "jsmith",
+        *("request", "--client", "harbourside-gp", "--area", "patient-documents"),
+        *("--actions", "read", "--for", "2h", "--ticket", "HGP-20931"),
+        *("--reason", "referral letter will not open in Best Practice"),
+        quiet=True,
+    ).strip()
+    print(f"  request {request_id} is pending")
+    as_technician(account, letter)
+
+    banner("The practice manager approves; the grant reaches the gate at once")
+    access("mei.tran", "approve", request_id)
+    wait_until_read(account, letter, "ALLOWED")
+    as_technician(account, letter)
+
+    banner("The practice manager revokes it; the gate denies again at once")
+    access("mei.tran", "revoke", request_id, "--why", "letter fixed")
+    wait_until_read(account, letter, "DENIED")
+    as_technician(account, letter)
+    time.sleep(1.5)  # the agent ships what it journaled under the grant
+    access("mei.tran", "show", request_id)
+
+
+def wait_until_read(account: pwd.struct_passwd, path: Path, want: str) -> None:
+    """Poll (bounded, quietly) until the technician's read gives `want`."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.redirect_stdout(None):
+            got = as_technician(account, path)
+        if got.startswith(want):
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"demo: the gate did not answer {want} within 10 s")
 
 
 def wait_for_marks(agent: subprocess.Popen[bytes], enforcing: bool) -> None:
