@@ -148,7 +148,8 @@ PUBLIC = frozenset({"/signin", "/static/console.css", "/favicon.ico"})
 def _headers(response: web.StreamResponse, secure: bool) -> None:
     response.headers["Content-Security-Policy"] = _CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    # not "no-referrer": with it Chrome sends `Origin: null` on the console's own form posts
+    response.headers["Referrer-Policy"] = "same-origin"
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
     response.headers.setdefault("Cache-Control", "no-store")
