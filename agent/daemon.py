@@ -56,6 +56,7 @@ from protos.files import write_atomic
 
 if TYPE_CHECKING:
     from agent.gate import Gate
+    from agent.ship import Shipper
 
 log = structlog.get_logger("agent.daemon")
 
@@ -172,6 +173,7 @@ class Daemon:
         self._last_grants: tuple[str, ...] = ()
         self._ship_stop = threading.Event()
         self._ship_thread: threading.Thread | None = None
+        self._shipper: Shipper | None = None  # heartbeats go out over its stream
         self._epoch_from = 0  # seq at which the current signing epoch began (this run)
         self._agreement_path = cfg.agreement  # the server's copy once it sent one
         self._server_grants: ServerGrants | None = None
@@ -364,6 +366,7 @@ class Daemon:
             server=self.cfg.server,
             on_server_message=self._server_grants.handle,
         )
+        self._shipper = shipper
         self._ship_thread = shipper.run_in_thread(self._ship_stop)
         log.info("shipping_started", server=shipper.server)
 
@@ -435,6 +438,8 @@ class Daemon:
             agreement_version=compiled.version if compiled else "",
             dropped=stats.dropped,
         )
+        if self._shipper is not None:
+            self._shipper.send_heartbeat(sample.to_wire())
         log.info(
             "heartbeat",
             mode=sample.mode,

@@ -156,6 +156,29 @@ class Shipper:
         self.stats = {"sessions": 0, "batches": 0, "acks": 0, "refusals": 0, "events": 0}
         # Grants, revocations and agreement bundles go to agent/delivery.py (the daemon's).
         self.on_server_message = on_server_message
+        self._heartbeat: pb.Heartbeat | None = None  # the daemon's latest sample
+        self._heartbeat_fresh = threading.Event()  # set when it is not sent yet
+
+    def send_heartbeat(self, heartbeat: pb.Heartbeat) -> None:
+        """Post the daemon's latest heartbeat; it goes out at once when connected (any thread).
+
+        The daemon posts every `heartbeat_seconds` and on a mode change. Between posts the
+        shipper repeats the latest one every `heartbeat_seconds`, with the journal's
+        current position, so the server always sees the mode, marks and agreement.
+        """
+        self._heartbeat = heartbeat
+        self._heartbeat_fresh.set()
+
+    def _next_heartbeat(self) -> pb.Heartbeat:
+        latest = self._heartbeat
+        beat = pb.Heartbeat()
+        if latest is not None:
+            beat.CopyFrom(latest)
+        if not self._heartbeat_fresh.is_set() or latest is None:
+            beat.unix_nanos = time.time_ns()
+        beat.journal_next_seq = max(beat.journal_next_seq, self.journal.next_seq)
+        self._heartbeat_fresh.clear()
+        return beat
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -309,16 +332,16 @@ class Shipper:
                     await asyncio.to_thread(self.on_server_message, msg)
 
         async def heartbeats() -> None:
+            # One at once (the server learns mode and marks on connect), then every
+            # heartbeat_seconds or as soon as the daemon posts a new one (a mode change).
+            due = time.monotonic()
             while True:
-                await asyncio.sleep(self.limits.heartbeat_seconds)
-                async with write_lock:
-                    await call.write(
-                        pb.AgentMessage(
-                            heartbeat=pb.Heartbeat(
-                                unix_nanos=time.time_ns(), journal_next_seq=j.next_seq
-                            )
-                        )
-                    )
+                if self._heartbeat_fresh.is_set() or time.monotonic() >= due:
+                    message = pb.AgentMessage(heartbeat=self._next_heartbeat())
+                    async with write_lock:
+                        await call.write(message)
+                    due = time.monotonic() + self.limits.heartbeat_seconds
+                await asyncio.sleep(min(0.1, self.limits.heartbeat_seconds))
 
         async def stopper() -> None:
             while not stop.is_set():

@@ -21,7 +21,7 @@ from protos.evidence.keys import generate_key, public_key_bytes, save_private_ke
 from server import enrol, people
 from server.app import ServerOptions, serve
 from server.datadir import DEFAULT_DATA, DataDir, DataDirError, write_private
-from server.query import describe, event_json, export_client
+from server.query import agent_line, describe, event_json, export_client
 from server.store import Store, open_store
 from server.verify_export import verify_file
 
@@ -277,9 +277,9 @@ def _list_agents(args: argparse.Namespace) -> int:
         agents = store.list_agents(args.client)
     finally:
         store.close()
+    now = dt.datetime.now(dt.UTC).timestamp()
     for a in agents:
-        state = "revoked" if a.revoked_unix is not None else "active"
-        print(f"{a.agent_id}\t{a.client}\t{state}\tnext_seq={a.next_seq}\t{a.hostname}")
+        print(agent_line(a, now))
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from protos.evidence.keys import load_private_key
 from protos.evidence.merkle import MerkleTree
@@ -73,6 +74,39 @@ def describe(row: StoredRecord) -> str:
     return (
         f"{when}  {row.client}/{row.agent_id}#{row.seq}  {who}  {what}  {row.area or ''}".rstrip()
     )
+
+
+_MODES = {pb.GATE_MODE_ENFORCING: "enforcing", pb.GATE_MODE_MONITOR: "monitor"}
+
+
+def agent_line(agent: AgentRow, now_unix: float) -> str:
+    """One line for `custodes server agent list`: state, stream position, last heartbeat."""
+    state = "revoked" if agent.revoked_unix is not None else "active"
+    parts = [agent.agent_id, agent.client, state, f"next_seq={agent.next_seq}"]
+    beat = pb.Heartbeat()
+    if agent.last_heartbeat:
+        try:
+            beat.ParseFromString(agent.last_heartbeat)
+        except DecodeError:  # a stored heartbeat is informative only
+            beat = pb.Heartbeat()
+    mode = _MODES.get(beat.mode, "unknown")
+    parts += [
+        f"mode={mode}",
+        f"marks={beat.marks}",
+        f"agreement={beat.agreement_version or '-'}",
+        f"last_seen={_ago(agent.last_seen_unix, now_unix)}",
+        agent.hostname,
+    ]
+    if beat.mode_note:
+        parts.append(f"({beat.mode_note[:120]})")
+    return "\t".join(parts)
+
+
+def _ago(unix: int | None, now: float) -> str:
+    if unix is None:
+        return "never"
+    when = dt.datetime.fromtimestamp(unix, dt.UTC).isoformat(timespec="seconds")
+    return f"{when}({max(0, int(now - unix))}s_ago)"
 
 
 def _enrolled_vkey(store: Store, agent: AgentRow, origin: str) -> str:
