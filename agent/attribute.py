@@ -24,6 +24,8 @@ MAX_NAMES = 4096  # uid → name entries kept
 _O_ACCMODE = 0o3
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 SYSCALL_RETRIES = 200  # yields while a just-blocked opener is still on its CPU
+SYSCALL_SLEEPS = 400  # then sleeps of SYSCALL_SLEEP_S: at most ~20 ms more in all
+SYSCALL_SLEEP_S = 0.00005
 CREATED_WITHIN_NS = 2_000_000_000  # an empty O_CREAT target this young counts as created
 
 # syscall number → index of the flags argument (None: flags are in a struct open_how,
@@ -102,22 +104,32 @@ def cmdline_of(pid: int, limit: int = MAX_CMDLINE) -> str:
     return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
 
 
-def open_flags(tid: int) -> int | None:
+def open_flags(tid: int, fd: int = -1) -> int | None:
     """The flags the blocked thread `tid` passed to open, from /proc/TID/syscall.
 
+    `fd`, when given, is an open handle of that file (agent.tasks), read with pread.
     Returns -2 for an exec, None when the syscall is not one this code knows (io_uring,
     another architecture) or the thread is gone.
     """
     path = f"/proc/{tid}/syscall"
+
+    def read() -> bytes:
+        return os.pread(fd, 256, 0) if fd >= 0 else _read_small(path, 256)
+
     try:
-        fields = _read_small(path, 256).split()
+        fields = read().split()
         # The event is queued just before the opener goes to sleep: until it does, the file
         # says "running". Wait for it, a bounded number of yields.
-        for _ in range(SYSCALL_RETRIES):
+        for i in range(SYSCALL_RETRIES + SYSCALL_SLEEPS):
             if not fields or fields[0] != b"running":
                 break
-            os.sched_yield()
-            fields = _read_small(path, 256).split()
+            # Yield first; an opener preempted on its way to sleep (a loaded machine) can
+            # take milliseconds, so then sleep a little, bounded.
+            if i < SYSCALL_RETRIES:
+                os.sched_yield()
+            else:
+                time.sleep(SYSCALL_SLEEP_S)
+            fields = read().split()
         nr = int(fields[0])
     except (OSError, ValueError, IndexError):
         return None

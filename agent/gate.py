@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import structlog
@@ -33,6 +33,7 @@ from agent import fanotify as fan
 from agent.identities import Identities, resolve
 from agent.marks import DirEntryChange, GateError, Marker, PathMap, RootPlan, plan
 from agent.records import AccessRecord, Attribution, EventSink
+from agent.tasks import Entry, TaskTable
 from policies.model import Action, Decision, Grant, Subject, SubjectKind, Verdict
 
 log = structlog.get_logger("custodes.agent.gate")
@@ -65,6 +66,11 @@ _O_RDONLY = os.O_RDONLY | os.O_CLOEXEC
 _PACK = fan.RESPONSE.pack
 _UNPACK = fan.METADATA.unpack_from
 _META = fan.METADATA.size
+_RESP = fan.RESPONSE.size
+_ALLOW = fan.FAN_ALLOW
+READ_BYTES = 256 * 1024  # one read takes every queued event (~10k of 24 bytes)
+BATCH = 256  # allow responses per writev
+_EPOCH = datetime.fromtimestamp(0, tz=UTC)
 
 
 class GatePolicy(Protocol):
@@ -175,6 +181,7 @@ class Gate:
         self._denied = 0
         self._journal_failures = 0
         self._hist = [0] * 64
+        self._tasks = TaskTable()
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -290,6 +297,8 @@ class Gate:
         if stuck:
             os.close(null)
             log.error("gate_thread_stuck_at_stop", threads=[t.name for t in self._threads])
+        else:
+            self._tasks.close()  # the answer thread, their only user, has ended
         if self._marker is not None:
             self._marker.close()
 
@@ -335,81 +344,138 @@ class Gate:
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         stopping = self._stopping
-        while not stopping.is_set():
-            ready = poller.poll(TICK_S * 1000)
-            self._last_progress = time.monotonic()
-            if not ready or stopping.is_set():
-                continue
-            try:
-                buf = os.read(self._fd, fan.READ_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError as e:
-                self._n[5] += 1
-                log.exception("gate_read_failed", error=str(e))
-                return
-            if not buf:
-                return  # fail_open put /dev/null here
-            self._answer(buf)
+        buf = bytearray(READ_BYTES)
+        view = memoryview(buf)
+        readv = os.readv
+        try:
+            while not stopping.is_set():
+                ready = poller.poll(TICK_S * 1000)
+                self._last_progress = time.monotonic()
+                if not ready or stopping.is_set():
+                    continue
+                try:
+                    size = readv(self._fd, (buf,))
+                except BlockingIOError:
+                    continue
+                except OSError as e:
+                    self._n[5] += 1
+                    log.exception("gate_read_failed", error=str(e))
+                    return
+                if not size:
+                    return  # fail_open put /dev/null here
+                self._answer(view, size)
+        finally:
+            if not stopping.is_set():
+                # The answer thread is gone while the groups live: every opener in the area
+                # would wait forever. Let them through now; the watchdog sees no progress.
+                log.error("gate_answer_thread_ended")
+                self.fail_open()
 
-    def _answer(self, buf: bytes) -> None:
-        fd = self._fd
+    def _answer(self, buf: memoryview, size: int) -> None:
+        """Answer every event in `buf[:size]`: allows are batched into one writev."""
+        t0 = time.perf_counter_ns()
         own = self._own
+        tasks = self._tasks
+        get = tasks.entries.get
+        pread = os.pread
+        fstat = os.fstat
+        ids = self._state.ids
+        techs = ids.technician_uids
+        principals = ids.principal_uids
         n = self._n
-        hist = self._hist
-        clock_ns = time.perf_counter_ns
-        stat_ = os.stat
-        write = os.write
-        close = os.close
-        os_open = os.open
-        os_read = os.read
+        allow_iov: list[bytes] = []
+        allow_fds: list[int] = []
+        events = exempt = 0
         off = 0
-        size = len(buf)
         while off + _META <= size:
             event_len, _v, _r, _ml, mask, efd, pid = _UNPACK(buf, off)
-            off += max(event_len, _META)
+            off += event_len if event_len > _META else _META
             if efd < 0:
                 continue  # a queue overflow notice: impossible with an unlimited queue
-            t0 = clock_ns()
-            n[0] += 1
+            events += 1
             if pid in own:
-                write(fd, _PACK(efd, fan.FAN_ALLOW))
-                close(efd)
-                n[4] += 1
+                exempt += 1
+                allow_iov.append(_PACK(efd, _ALLOW))
+                allow_fds.append(efd)
                 continue
-            ids = self._state.ids
-            techs = ids.technician_uids
-            try:
-                uid = stat_(f"/proc/{pid}").st_uid
-            except OSError:
-                uid = -1
-            if uid in techs and uid != 0:
-                self._technician(mask, efd, pid, uid, None, t0)
-                continue
-            loginuid: int | None
-            try:  # attr.loginuid_of, inlined: this is every open's second /proc read
-                lfd = os_open(f"/proc/{pid}/loginuid", _O_RDONLY)
+            entry = get(pid)
+            raw = b""
+            if entry is not None:
                 try:
-                    loginuid = int(os_read(lfd, 16))
-                finally:
-                    close(lfd)
-                if loginuid == _UNSET:
-                    loginuid = None
+                    raw = pread(entry[1], 16, 0)
+                except OSError:
+                    entry = None  # that thread ended and its id was reused: open again
+            if entry is None:
+                entry = tasks.open(pid)
+                if entry is not None:
+                    try:
+                        raw = pread(entry[1], 16, 0)
+                    except OSError:
+                        entry = None
+            if entry is None:  # gone (killed while waiting): nobody to protect
+                allow_iov.append(_PACK(efd, _ALLOW))
+                allow_fds.append(efd)
+                continue
+            if entry[2]:  # one of the agent's own threads
+                exempt += 1
+                allow_iov.append(_PACK(efd, _ALLOW))
+                allow_fds.append(efd)
+                continue
+            try:
+                loginuid: int | None = int(raw)
+                uid = fstat(entry[0]).st_uid
             except (OSError, ValueError):
+                loginuid, uid = _UNSET, -1
+            if loginuid == _UNSET:
                 loginuid = None
-            if loginuid is not None and loginuid in techs:
-                self._technician(mask, efd, pid, uid, loginuid, t0)
-                continue
-            if uid == 0 and loginuid is not None and loginuid not in ids.principal_uids:
-                self._unknown_admin(mask, efd, pid, uid, loginuid, t0)
-                continue
-            n[1] += 1
-            write(fd, _PACK(efd, fan.FAN_ALLOW))
-            hist[(clock_ns() - t0).bit_length()] += 1
-            close(efd)
+            technician = (loginuid is not None and loginuid in techs) or (uid in techs and uid != 0)
+            admin = uid == 0 and loginuid is not None and loginuid not in principals
+            if not (technician or admin):
+                allow_iov.append(_PACK(efd, _ALLOW))
+                allow_fds.append(efd)
+                if len(allow_iov) < BATCH:
+                    continue
+            # Counters before answers: whoever sees an answer sees it counted.
+            n[0] += events
+            n[4] += exempt
+            n[1] += len(allow_iov) - exempt
+            events = exempt = 0
+            if allow_iov:  # answer the others before the slow path
+                self._flush(allow_iov, allow_fds, t0)
+                allow_iov, allow_fds = [], []
+            if technician:
+                self._technician(mask, efd, pid, uid, loginuid, entry, t0)
+            elif admin:
+                self._unknown_admin(mask, efd, pid, uid, loginuid or 0, entry, t0)
+        n[0] += events
+        n[4] += exempt
+        if allow_iov:
+            n[1] += len(allow_iov) - exempt
+            self._flush(allow_iov, allow_fds, t0)
+
+    def _flush(self, iov: list[bytes], efds: list[int], t0: int) -> None:
+        """Write the allow responses in one writev (fanotify takes one response per iovec),
+        then close the event fds."""
+        fd = self._fd
+        try:
+            done = (os.writev(fd, iov) if len(iov) > 1 else os.write(fd, iov[0])) // _RESP
+        except OSError:
+            done = 0
+        if done < len(iov):
+            # The response at `done` was refused (its opener was killed meanwhile); the
+            # kernel stops there, so the rest go one by one.
+            for b in iov[done:]:
+                try:
+                    os.write(fd, b)
+                except OSError:
+                    self._n[5] += 1
+        self._hist[(time.perf_counter_ns() - t0).bit_length()] += len(iov)
+        close = os.close
+        for e in efds:
+            close(e)
 
     def _unknown_admin(  # noqa: PLR0917 - the hot path avoids keyword-argument overhead
-        self, mask: int, efd: int, pid: int, uid: int, loginuid: int, t0: int
+        self, mask: int, efd: int, pid: int, uid: int, loginuid: int, entry: Entry, t0: int
     ) -> None:
         """Allow, and journal, an interactive root whose login the agreement does not name.
 
@@ -421,12 +487,16 @@ class Gate:
         action = Action.READ
         try:
             st = os.fstat(efd)
-            flags = None if stat.S_ISDIR(st.st_mode) else attr.open_flags(pid)
+            flags = (
+                None
+                if stat.S_ISDIR(st.st_mode)
+                else attr.open_flags(pid, self._tasks.syscall_fd(entry))
+            )
             action = attr.classify_open(bool(mask & _EXEC_MASK), st, flags, time.time_ns())
         except OSError:
             self._n[5] += 1
         self._n[1] += 1
-        os.write(self._fd, _PACK(efd, fan.FAN_ALLOW))
+        os.write(self._fd, _PACK(efd, _ALLOW))
         self._hist[(time.perf_counter_ns() - t0).bit_length()] += 1
         try:
             path = self._paths.canonical(fan.fd_path(efd), efd)
@@ -445,8 +515,20 @@ class Gate:
         finally:
             os.close(efd)
 
+    @staticmethod
+    def _at(now_ns: int) -> datetime:
+        """The aware datetime of `now_ns`, to the µs (twice as fast as fromtimestamp)."""
+        return _EPOCH + timedelta(0, 0, now_ns // 1000)
+
     def _technician(  # noqa: PLR0917 - the hot path avoids keyword-argument overhead
-        self, mask: int, efd: int, pid: int, uid: int, loginuid: int | None, t0: int
+        self,
+        mask: int,
+        efd: int,
+        pid: int,
+        uid: int,
+        loginuid: int | None,
+        entry: Entry,
+        t0: int,
     ) -> None:
         """Classify and decide a technician's open, answer it exactly once, then record it.
 
@@ -455,22 +537,23 @@ class Gate:
         """
         self._n[2] += 1
         try:
-            if loginuid is None:
-                loginuid = attr.loginuid_of(pid)
             path = self._paths.canonical(fan.fd_path(efd), efd)
             st = os.fstat(efd)
             exec_event = bool(mask & _EXEC_MASK)
-            flags = None if exec_event or stat.S_ISDIR(st.st_mode) else attr.open_flags(pid)
+            flags = (
+                None
+                if exec_event or stat.S_ISDIR(st.st_mode)
+                else attr.open_flags(pid, self._tasks.syscall_fd(entry))
+            )
             now = self._clock()
             action = attr.classify_open(exec_event, st, flags, time.time_ns())
             names = self._names
             subject = Subject(
                 names.name(uid), names.name(loginuid) if loginuid is not None else None
             )
-            at = datetime.fromtimestamp(now / 1e9, tz=UTC)
             state = self._state
             try:
-                decision = state.policy.decide(subject, path, action, at, self._grants)
+                decision = state.policy.decide(subject, path, action, self._at(now), self._grants)
             except Exception as e:  # fail closed for a technician
                 log.exception("gate_policy_failed", error=str(e), policy=state.policy.version)
                 decision = Decision(
@@ -487,7 +570,7 @@ class Gate:
             return
         if decision.allowed:
             self._n[1] += 1
-            os.write(self._fd, _PACK(efd, fan.FAN_ALLOW))
+            os.write(self._fd, _PACK(efd, _ALLOW))
             self._hist[(time.perf_counter_ns() - t0).bit_length()] += 1
             os.close(efd)
             try:

@@ -1,0 +1,94 @@
+"""Open /proc handles of the threads that open files, so each event costs two cheap reads.
+
+The gate needs, for every permission event, the opener's effective uid and its loginuid.
+Read by path that is stat(/proc/TID) plus open/read/close of /proc/TID/loginuid; with the
+handles kept open it is one pread and one fstat (pid_getattr reports the task's current
+credentials on every call).
+
+Why a kept handle is safe although thread ids are reused: a /proc/TID handle refers to the
+kernel's `struct pid`, not to the number. Once that task has exited, reading through the
+handle fails with ESRCH, so `read_loginuid` failing means "stale: open again"; a read that
+succeeds proves the task behind the handle is alive, and since live tasks have distinct
+ids it is the thread the event names.
+
+Each entry also says whether the thread belongs to this process (found under
+/proc/self/task when first seen), so every agent thread is exempt from the gate: grpc's,
+the journal's, the watchdog's, not only the main one.
+"""
+
+from __future__ import annotations
+
+import os
+
+MAX_TASKS = 2048  # entries kept; the oldest is closed when a new thread appears
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+
+# An entry is a list, indexed on the hot path:
+DIR_FD = 0  # /proc/TID
+LOGINUID_FD = 1  # /proc/TID/loginuid
+OWN = 2  # 1 when the thread is one of this process's
+SYSCALL_FD = 3  # /proc/TID/syscall, opened on first need (technicians only); -1 until then
+Entry = list[int]
+
+
+class TaskTable:
+    """tid → [dir fd, loginuid fd, own, syscall fd]; bounded, oldest evicted first.
+
+    Used by one thread (the gate's answer thread); `close` only after it has stopped.
+    """
+
+    def __init__(self, limit: int = MAX_TASKS) -> None:
+        self.entries: dict[int, Entry] = {}
+        self._limit = limit
+        self._self_tasks = f"/proc/{os.getpid()}/task/"
+        self.opened = 0  # entries opened since start (misses)
+
+    def open(self, tid: int) -> Entry | None:
+        """Open (or re-open) the handles of `tid`; None when it is gone or unreadable."""
+        self.drop(tid)
+        try:
+            dfd = os.open(f"/proc/{tid}", _DIR_FLAGS)
+        except OSError:
+            return None
+        try:
+            lfd = os.open("loginuid", _FLAGS, dir_fd=dfd)
+        except OSError:
+            os.close(dfd)
+            return None
+        own = 1 if os.path.exists(self._self_tasks + str(tid)) else 0  # noqa: PTH110 - str in, per new thread
+        entries = self.entries
+        while len(entries) >= self._limit:
+            self.drop(next(iter(entries)))
+        entry = [dfd, lfd, own, -1]
+        entries[tid] = entry
+        self.opened += 1
+        return entry
+
+    def syscall_fd(self, entry: Entry) -> int:
+        """The /proc/TID/syscall handle of `entry`, opened on first use; -1 if it cannot be."""
+        fd = entry[SYSCALL_FD]
+        if fd < 0:
+            try:
+                fd = os.open("syscall", _FLAGS, dir_fd=entry[DIR_FD])
+            except OSError:
+                return -1
+            entry[SYSCALL_FD] = fd
+        return fd
+
+    def drop(self, tid: int) -> None:
+        """Close and forget the handles of `tid` (nothing when there are none)."""
+        entry = self.entries.pop(tid, None)
+        if entry is None:
+            return
+        for fd in (entry[DIR_FD], entry[LOGINUID_FD], entry[SYSCALL_FD]):
+            if fd >= 0:
+                os.close(fd)
+
+    def close(self) -> None:
+        """Close every handle."""
+        for tid in list(self.entries):
+            self.drop(tid)
+
+    def __len__(self) -> int:
+        return len(self.entries)
