@@ -5,9 +5,13 @@ Prints a table:
     against the baseline of the store's own append_batch rate in this process (no network,
     no verification), measured in the same run;
   * latency: p50/p99 journal→committed at a steady 5k events/s;
+  * replay after an outage: a journal of --replay events (1M) written while the server was
+    away, then shipped: events/s, and lost / duplicated counted against the journal's hashes;
+  * the same throughput on PostgreSQL (a throwaway cluster, when initdb is installed);
   * server RSS after the runs.
 
 Run: .venv/bin/python bench/ingest_bench.py [--events 200000] [--runs 3] [--seconds 10]
+     [--replay 1000000] [--no-postgres] [--quick]   (--quick: a couple of minutes)
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from agent.records import AccessRecord, Attribution  # noqa: E402
 from agent.ship import ShipLimits, Shipper  # noqa: E402
 from policies.model import Action, Decision, SubjectKind, Verdict  # noqa: E402
 from protos.evidence.chain import GENESIS, extend  # noqa: E402
+from protos.evidence.merkle import record_leaves  # noqa: E402
 from server.store import StoredRecord, open_store  # noqa: E402
 from server.store.base import AgentRow  # noqa: E402
+from tests.server.conftest import find_initdb, start_cluster  # noqa: E402
 from tests.server.test_ingest_harness import (  # noqa: E402
     ServerProc,
     enrol_agent,
@@ -69,13 +75,28 @@ def open_journal(cfg, boot: str) -> Journal:  # type: ignore[no-untyped-def]
 
 
 def throughput_run(server: ServerProc, base: Path, n: int, run: int) -> float:
-    agent = enrol_agent(server, base / f"agent-{run}", f"bench-{run}", "clinic-bench")
+    return ship_all(server, base, n, f"bench-{run}")[0]
+
+
+def ship_all(server: ServerProc, base: Path, n: int, name: str) -> tuple[float, list[bytes]]:
+    """Fill a journal with n events (the server is not shipped to), then ship all of it.
+
+    Returns events/s from the first connection to the last ack, and the journal's hashes.
+    """
+    agent = enrol_agent(server, base / f"agent-{name}", name, "clinic-bench")
     journal = open_journal(agent.cfg, "fill")
     for i in range(n):
         journal.record(record(i))
         if i % 50_000 == 49_999:
             journal.flush(60)
     journal.flush(60)
+    hashes: list[bytes] = []
+    seq = 0
+    while seq < journal.checkpointed:
+        batch = journal.read_batch(seq, 100_000, 1 << 30)
+        assert batch is not None
+        hashes += [k.hash for k in batch.links]
+        seq = batch.links[-1].seq + 1
     journal.close()
     journal = open_journal(agent.cfg, "ship")
     shipper = Shipper(
@@ -88,16 +109,30 @@ def throughput_run(server: ServerProc, base: Path, n: int, run: int) -> float:
     stop = threading.Event()
     start = time.perf_counter()
     thread = shipper.run_in_thread(stop)
-    deadline = time.monotonic() + 600
-    while shipper.acked < n and time.monotonic() < deadline:
+    deadline = time.monotonic() + 1200
+    total = len(hashes)
+    while shipper.acked < total and time.monotonic() < deadline:
         time.sleep(0.005)
     elapsed = time.perf_counter() - start
     stop.set()
     thread.join(15)
     journal.close()
-    if shipper.acked < n:
-        raise SystemExit(f"run {run}: only {shipper.acked} of {n} acknowledged")
-    return n / elapsed
+    if shipper.acked < total:
+        raise SystemExit(f"{name}: only {shipper.acked} of {total} acknowledged")
+    return total / elapsed, hashes
+
+
+def lost_and_duplicated(server: ServerProc, agent_id: str, hashes: list[bytes]) -> tuple[int, int]:
+    """Journal events the server lacks, and stored rows beyond one per journal event."""
+    store = open_store(server.database or f"sqlite:///{server.data / 'custodes.db'}")
+    try:
+        stored = store.leaf_hashes(agent_id, 0)
+        count = store.count_events(agent_id)
+    finally:
+        store.close()
+    expected = record_leaves(0, hashes)
+    lost = sum(1 for i, h in enumerate(expected) if i >= len(stored) or stored[i] != h)
+    return lost, count - len(expected)
 
 
 def baseline_store_rate(base: Path, run: int, n: int) -> float:
@@ -205,7 +240,13 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--rate", type=int, default=5000)
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--replay", type=int, default=1_000_000)
+    p.add_argument("--no-postgres", action="store_true")
+    p.add_argument("--quick", action="store_true", help="small sizes: about two minutes")
     args = p.parse_args()
+    if args.quick:
+        args.events, args.runs, args.seconds, args.replay = 50_000, 2, 3.0, 200_000
+    rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="custodes-bench-") as tmp:
         base = Path(tmp)
         server = ServerProc(base / "data")
@@ -217,23 +258,55 @@ def main() -> int:
                 [baseline_store_rate(base, r, args.events) for r in range(args.runs)]
             )
             p50, p99, count = latency_run(server, base, args.rate, args.seconds)
+            replay_rate, hashes = ship_all(server, base, args.replay, "bench-replay")
+            lost, dup = lost_and_duplicated(server, "bench-replay", hashes)
             assert server.proc is not None
             rss = psutil.Process(server.proc.pid).memory_info().rss
         finally:
             server.stop()
-    med = statistics.median(rates)
-    print(f"{'measure':<52}{'value':>16}")
-    print("-" * 68)
-    label = f"journal→committed events/s, SQLite (median of {args.runs})"
-    print(f"{label:<52}{med:>16,.0f}")
-    print(f"{'  runs':<52}{', '.join(f'{r:,.0f}' for r in rates):>16}")
-    print(f"{'baseline: store append_batch only, events/s':<52}{baseline:>16,.0f}")
-    print(f"{'ratio end-to-end / store baseline':<52}{med / baseline:>16.2f}")
-    print(f"{'goal ≥ 50,000 events/s':<52}{'met' if med >= 50_000 else 'NOT met':>16}")
-    print(f"{f'latency p50 at {args.rate}/s ({count} events), ms':<52}{p50 * 1000:>16.1f}")
-    print(f"{f'latency p99 at {args.rate}/s, ms':<52}{p99 * 1000:>16.1f}")
-    print(f"{'goal p99 ≤ 1000 ms':<52}{'met' if p99 <= 1.0 else 'NOT met':>16}")
-    print(f"{'server RSS after the runs, MiB':<52}{rss / 2**20:>16.1f}")
+        med = statistics.median(rates)
+        rows += [
+            (f"journal→committed events/s, SQLite (median of {args.runs})", f"{med:,.0f}"),
+            ("  runs", ", ".join(f"{r:,.0f}" for r in rates)),
+            ("baseline: store append_batch only, events/s", f"{baseline:,.0f}"),
+            ("ratio end-to-end / store baseline", f"{med / baseline:.2f}"),
+            ("goal ≥ 50,000 events/s", "met" if med >= 50_000 else "NOT met"),
+            (f"latency p50 at {args.rate}/s ({count} events), ms", f"{p50 * 1000:.1f}"),
+            (f"latency p99 at {args.rate}/s, ms", f"{p99 * 1000:.1f}"),
+            ("goal p99 ≤ 1000 ms", "met" if p99 <= 1.0 else "NOT met"),
+            (f"replay of {args.replay:,} events after an outage, events/s", f"{replay_rate:,.0f}"),
+            ("  replay: lost / duplicated", f"{lost} / {dup}"),
+            ("server RSS after the runs (SQLite), MiB", f"{rss / 2**20:.1f}"),
+        ]
+        initdb = None if args.no_postgres else find_initdb()
+        if initdb is not None:
+            cluster = start_cluster(initdb)
+            try:
+                pg = ServerProc(base / "data-pg", database=cluster.url)
+                pg.init()
+                pg.start()
+                try:
+                    pg_rates = [
+                        ship_all(pg, base, args.events, f"pg-{r}")[0] for r in range(args.runs)
+                    ]
+                    assert pg.proc is not None
+                    pg_rss = psutil.Process(pg.proc.pid).memory_info().rss
+                finally:
+                    pg.stop()
+            finally:
+                cluster.stop()
+            rows += [
+                (
+                    f"journal→committed events/s, PostgreSQL (median of {args.runs})",
+                    f"{statistics.median(pg_rates):,.0f}",
+                ),
+                ("  runs", ", ".join(f"{r:,.0f}" for r in pg_rates)),
+                ("server RSS after the runs (PostgreSQL), MiB", f"{pg_rss / 2**20:.1f}"),
+            ]
+    print(f"{'measure':<58}{'value':>18}")
+    print("-" * 76)
+    for label, value in rows:
+        print(f"{label:<58}{value:>18}")
     return 0
 
 
