@@ -122,8 +122,9 @@ def timeline(
     body.append(
         f'<line x1="{left}" x2="{width - right}" y1="{axis}" y2="{axis}" stroke="{_MUTED}"/>'
     )
-    for t, text in ticks:
-        body.append(_text(x_of(t), axis + 16, text, anchor="middle", size=10))
+    for i, (t, text) in enumerate(ticks):
+        anchor = "start" if i == 0 else "end" if i == len(ticks) - 1 else "middle"
+        body.append(_text(x_of(t), axis + 16, text, anchor=anchor, size=10))
     return _svg(width, height, label, body)
 
 

@@ -8,7 +8,6 @@ rendered as printable HTML (templates/statement.html) and as PDF (pdf.py).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import re
 from collections import defaultdict
@@ -146,6 +145,7 @@ def build(src: Sources, viewer: Person, client: str, month: str, now: int) -> St
     zone = src.zone(client)
     start, end = month_bounds(month, zone)
     lo, hi = int(start.timestamp()), int(end.timestamp())
+    src.console.roll_up()
     counts = src.console.hourly_counts(client, lo * NANOS, hi * NANOS)
     grouped: dict[tuple[str, str, str, str, str], list[int]] = {}
     heat: dict[tuple[str, str], int] = defaultdict(int)
@@ -244,13 +244,8 @@ def build(src: Sources, viewer: Person, client: str, month: str, now: int) -> St
                 agent.agent_id, agent.hostname, agent.next_seq, verified, len(findings), result
             )
         )
-    name = client
-    row = src.access.current_agreement(client)
-    if row is not None:
-        from policies.load import parse_agreement  # noqa: PLC0415
-
-        with contextlib.suppress(Exception):  # the id stands in for the name
-            name = parse_agreement(row.yaml, filename=client).client.name
+    agreement = src.agreement(client)
+    name = agreement.client.name if agreement is not None else client
     return Statement(
         client,
         name,

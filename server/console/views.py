@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
+from policies.errors import PolicyError
+from policies.load import parse_agreement
+from policies.schema import Agreement
 from protos.wire import pb
 from server.access import ENDED, Person, Request, Role, State
 from server.console import rights
@@ -39,25 +42,27 @@ class Sources:
     incidents: IncidentStore
     console: ConsoleStore
     mask_key: bytes
-    zones: dict[str, ZoneInfo] = field(default_factory=dict)
+    parsed: dict[str, tuple[str, Agreement | None]] = field(default_factory=dict)
+
+    def agreement(self, client: str) -> Agreement | None:
+        """The client's current agreement, parsed once per stored version (None: none)."""
+        row = self.access.current_agreement(client)
+        if row is None:
+            return None
+        cached = self.parsed.get(client)
+        if cached is not None and cached[0] == row.sha256:
+            return cached[1]
+        try:
+            parsed: Agreement | None = parse_agreement(row.yaml, filename=client)
+        except PolicyError:  # a stored agreement that no longer loads: shown without it
+            parsed = None
+        self.parsed[client] = (row.sha256, parsed)
+        return parsed
 
     def zone(self, client: str) -> ZoneInfo:
         """The client's time zone, from its current agreement (UTC without one)."""
-        if client not in self.zones:
-            self.zones[client] = _agreement_zone(self.access, client)
-        return self.zones[client]
-
-
-def _agreement_zone(access: AccessStore, client: str) -> ZoneInfo:
-    from policies.load import parse_agreement  # noqa: PLC0415 - only when a zone is missing
-
-    row = access.current_agreement(client)
-    if row is None:
-        return ZoneInfo("UTC")
-    try:
-        return parse_agreement(row.yaml, filename=client).timezone
-    except Exception:
-        return ZoneInfo("UTC")
+        agreement = self.agreement(client)
+        return agreement.timezone if agreement is not None else ZoneInfo("UTC")
 
 
 def local(unix: float | None, zone: ZoneInfo, fmt: str = "%a %d %b %Y %H:%M") -> str:
@@ -243,16 +248,8 @@ def request_line(src: Sources, viewer: Person, req: Request, now: int) -> Reques
 
 def area_kinds(src: Sources, client: str, area: str) -> list[str]:
     """The kinds of information the client's agreement says the area holds."""
-    from policies.load import parse_agreement  # noqa: PLC0415
-
-    row = src.access.current_agreement(client)
-    if row is None:
-        return []
-    try:
-        agreement = parse_agreement(row.yaml, filename=client)
-    except Exception:
-        return []
-    for a in agreement.areas:
+    agreement = src.agreement(client)
+    for a in agreement.areas if agreement is not None else ():
         if a.id == area:
             return [str(k) for k in a.kinds]
     return []

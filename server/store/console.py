@@ -186,48 +186,103 @@ class ConsoleStore:
 
     # -- summaries over the evidence --------------------------------------------------------
 
-    def hourly_counts(
-        self,
-        client: str,
-        since_nanos: int,
-        until_nanos: int,
-        *,
-        technician: str | None = None,
-        technicians_only: bool = True,
-    ) -> list[HourCount]:
-        """Access events of `client` per UTC hour and (technician, area, verdict, action, rule).
+    def roll_up(self, max_rows: int = 2_000_000) -> int:
+        """Count new access events into the hourly rollup; how many events were counted.
 
-        Technicians' events only unless `technicians_only` is False.
+        Each agent's events are read by primary key from its cursor on, grouped per hour,
+        added to `console_hourly`, and the cursor advanced in the same transaction, only if
+        no other server advanced it meanwhile (otherwise nothing is written).
         """
-        where = ["client = ?", "unix_nanos >= ?", "unix_nanos < ?", "kind = 'access'"]
-        params: list[object] = [client, since_nanos, until_nanos]
-        if technicians_only:
-            where.append("technician IS NOT NULL AND technician <> ''")
-        if technician is not None:
-            where.append("technician = ?")
-            params.append(technician)
-        sql = (
-            f"SELECT unix_nanos / {HOUR_NANOS} AS h, technician, area, verdict, action, rule,"  # noqa: S608
-            f" COUNT(*) FROM events WHERE {' AND '.join(where)}"
-            " GROUP BY h, technician, area, verdict, action, rule"
-        )
-        with self._tx(write=False) as cur:
-            self._exec(cur, sql, params)
-            return [
-                HourCount(int(r[0]) * 3600, r[1], r[2], r[3], r[4], r[5], int(r[6]))
-                for r in cur.fetchall()
-            ]
-
-    def kind_counts(self, agent_id: str, since_nanos: int) -> list[tuple[int, str, int]]:
-        """(UTC hour, kind, count) of an agent's events since `since_nanos`."""
+        counted = 0
         with self._tx(write=False) as cur:
             self._exec(
                 cur,
-                f"SELECT unix_nanos / {HOUR_NANOS} AS h, kind, COUNT(*) FROM events"  # noqa: S608
-                " WHERE agent_id = ? AND unix_nanos >= ? GROUP BY h, kind",
-                (agent_id, since_nanos),
+                "SELECT a.agent_id, a.next_seq, COALESCE(c.next_seq, 0) FROM agents a"
+                " LEFT JOIN console_hourly_cursors c ON c.agent_id = a.agent_id"
+                " WHERE a.next_seq > COALESCE(c.next_seq, 0)",
             )
-            return [(int(r[0]) * 3600, str(r[1]), int(r[2])) for r in cur.fetchall()]
+            todo = [(str(r[0]), int(r[1]), int(r[2])) for r in cur.fetchall()]
+        for agent_id, next_seq, cursor in todo:
+            first = cursor
+            while first < next_seq and counted < max_rows:
+                end = min(next_seq, first + 200_000)
+                self._roll_agent(agent_id, first, end)
+                counted += end - first
+                first = end
+        return counted
+
+    def _roll_agent(self, agent_id: str, first: int, end: int) -> None:
+        with self._tx(write=True) as cur:
+            self._exec(
+                cur,
+                "INSERT INTO console_hourly_cursors (agent_id, next_seq) VALUES (?, 0)"
+                " ON CONFLICT (agent_id) DO NOTHING",
+                (agent_id,),
+            )
+            self._exec(
+                cur,
+                "UPDATE console_hourly_cursors SET next_seq = ?"
+                " WHERE agent_id = ? AND next_seq = ?",
+                (end, agent_id, first),
+            )
+            if cur.rowcount != 1:
+                return  # another server counted this range
+            self._exec(
+                cur,
+                f"SELECT client, unix_nanos / {HOUR_NANOS} AS h, COALESCE(technician, ''),"  # noqa: S608
+                " COALESCE(area, ''), COALESCE(verdict, ''), COALESCE(action, ''),"
+                " COALESCE(rule, ''), COUNT(*) FROM events"
+                " WHERE agent_id = ? AND seq >= ? AND seq < ? AND kind = 'access'"
+                " AND technician IS NOT NULL AND technician <> ''"
+                " GROUP BY client, h, technician, area, verdict, action, rule",
+                (agent_id, first, end),
+            )
+            rows = cur.fetchall()
+            for r in rows:
+                self._exec(
+                    cur,
+                    "INSERT INTO console_hourly"
+                    " (client, hour_unix, technician, area, verdict, action, rule, events)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT"
+                    " (client, hour_unix, technician, area, verdict, action, rule)"
+                    " DO UPDATE SET events = console_hourly.events + excluded.events",
+                    (r[0], int(r[1]) * 3600, r[2], r[3], r[4], r[5], r[6], int(r[7])),
+                )
+
+    def hourly_counts(
+        self, client: str, since_nanos: int, until_nanos: int, *, technician: str | None = None
+    ) -> list[HourCount]:
+        """Technicians' access events of `client` per UTC hour and (technician, area, verdict,
+        action, rule), from the rollup (call `roll_up` first to include the newest events).
+        """
+        where = "client = ? AND hour_unix >= ? AND hour_unix < ?"
+        params: list[object] = [
+            client,
+            since_nanos // HOUR_NANOS * 3600,
+            -(-until_nanos // HOUR_NANOS) * 3600,
+        ]
+        if technician is not None:
+            where += " AND technician = ?"
+            params.append(technician)
+        with self._tx(write=False) as cur:
+            self._exec(
+                cur,
+                "SELECT hour_unix, technician, area, verdict, action, rule, events"  # noqa: S608
+                f" FROM console_hourly WHERE {where}",
+                params,
+            )
+            return [
+                HourCount(
+                    int(r[0]),
+                    r[1] or None,
+                    r[2] or None,
+                    r[3] or None,
+                    r[4] or None,
+                    r[5] or None,
+                    int(r[6]),
+                )
+                for r in cur.fetchall()
+            ]
 
     def checkpoint_sizes(self, agent_id: str) -> list[int]:
         """Sizes of the agent's signed checkpoints the server verified and kept, ascending."""

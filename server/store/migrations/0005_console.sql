@@ -28,3 +28,22 @@ CREATE TABLE console_signin_failures (
 -- Agents' lifecycle records (started, stopped, journal loss, gate incidents) are rare among
 -- the access events; this partial index lets the health chart find them without a scan.
 CREATE INDEX console_events_lifecycle ON events (agent_id, unix_nanos) WHERE kind <> 'access';
+
+-- Technicians' accesses counted per UTC hour, rolled up from the events incrementally (each
+-- agent's cursor is the next seq to count), so a monthly statement or heat map reads a few
+-- thousand rows instead of scanning every event. NULL columns are stored as ''.
+CREATE TABLE console_hourly (
+    client TEXT NOT NULL,
+    hour_unix BIGINT NOT NULL,
+    technician TEXT NOT NULL,
+    area TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    action TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    events BIGINT NOT NULL,
+    PRIMARY KEY (client, hour_unix, technician, area, verdict, action, rule)
+);
+CREATE TABLE console_hourly_cursors (
+    agent_id TEXT PRIMARY KEY,
+    next_seq BIGINT NOT NULL
+);
