@@ -71,6 +71,7 @@ _ALLOW = fan.FAN_ALLOW
 READ_BYTES = 256 * 1024  # one read takes every queued event (~10k of 24 bytes)
 BATCH = 256  # allow responses per writev
 _EPOCH = datetime.fromtimestamp(0, tz=UTC)
+_NEEDS_STAT = os.O_CREAT | os.O_DIRECTORY
 
 
 class GatePolicy(Protocol):
@@ -104,7 +105,8 @@ class GatePolicy(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class GateStats:
-    """Counters since start; latencies are upper bounds of a log2 histogram, in µs."""
+    """Counters since start; answer latencies (event read → answer written) in µs, exact
+    to the µs below 1 ms, upper bounds of powers of two above."""
 
     events: int
     allowed: int
@@ -129,7 +131,16 @@ class _PolicyState:
     ids: Identities
 
 
+_EXACT_US = 1024  # latencies below this are kept to the µs; above, in powers of two
+
+
+def _bucket(ns: int) -> int:
+    us = ns // 1000
+    return us if us < _EXACT_US else _EXACT_US + us.bit_length()
+
+
 def _percentile(hist: Sequence[int], q: float) -> float:
+    """The upper bound, in µs, of the bucket holding the q-th quantile."""
     total = sum(hist)
     if not total:
         return 0.0
@@ -137,8 +148,8 @@ def _percentile(hist: Sequence[int], q: float) -> float:
     for k, n in enumerate(hist):
         seen += n
         if seen >= q * total:
-            return (1 << k) / 1000.0
-    return (1 << (len(hist) - 1)) / 1000.0
+            return float(k + 1) if k < _EXACT_US else float(1 << (k - _EXACT_US))
+    return float(1 << (len(hist) - 1 - _EXACT_US))
 
 
 class Gate:
@@ -180,7 +191,7 @@ class Gate:
         self._n = [0] * 8  # events allowed tech unknown_admin exempt errors changes unattributed
         self._denied = 0
         self._journal_failures = 0
-        self._hist = [0] * 64
+        self._hist = [0] * (_EXACT_US + 64)
         self._tasks = TaskTable()
 
     # lifecycle ---------------------------------------------------------------------------
@@ -469,7 +480,7 @@ class Gate:
                     os.write(fd, b)
                 except OSError:
                     self._n[5] += 1
-        self._hist[(time.perf_counter_ns() - t0).bit_length()] += len(iov)
+        self._hist[_bucket(time.perf_counter_ns() - t0)] += len(iov)
         close = os.close
         for e in efds:
             close(e)
@@ -497,7 +508,7 @@ class Gate:
             self._n[5] += 1
         self._n[1] += 1
         os.write(self._fd, _PACK(efd, _ALLOW))
-        self._hist[(time.perf_counter_ns() - t0).bit_length()] += 1
+        self._hist[_bucket(time.perf_counter_ns() - t0)] += 1
         try:
             path = self._paths.canonical(fan.fd_path(efd), efd)
             who = self._enricher.attribute(pid, uid, loginuid)
@@ -538,13 +549,16 @@ class Gate:
         self._n[2] += 1
         try:
             path = self._paths.canonical(fan.fd_path(efd), efd)
-            st = os.fstat(efd)
             exec_event = bool(mask & _EXEC_MASK)
+            is_dir = bool(mask & fan.FAN_ONDIR)
             flags = (
                 None
-                if exec_event or stat.S_ISDIR(st.st_mode)
+                if exec_event or is_dir
                 else attr.open_flags(pid, self._tasks.syscall_fd(entry))
             )
+            # The file's stat decides only a directory or a create; else it waits until
+            # after the answer (the record's device and inode).
+            st = os.fstat(efd) if is_dir or flags is None or flags & _NEEDS_STAT else None
             now = self._clock()
             action = attr.classify_open(exec_event, st, flags, time.time_ns())
             names = self._names
@@ -571,8 +585,14 @@ class Gate:
         if decision.allowed:
             self._n[1] += 1
             os.write(self._fd, _PACK(efd, _ALLOW))
-            self._hist[(time.perf_counter_ns() - t0).bit_length()] += 1
-            os.close(efd)
+            self._hist[_bucket(time.perf_counter_ns() - t0)] += 1
+            try:
+                if st is None:
+                    st = os.fstat(efd)
+            except OSError:
+                self._n[5] += 1
+            finally:
+                os.close(efd)
             try:
                 who = self._enricher.attribute(pid, uid, loginuid)
                 self._sink.record(self._record(who, path, action, decision, -1, st, now))
@@ -617,7 +637,7 @@ class Gate:
                 self._n[1] += 1
             else:
                 self._denied += 1
-            self._hist[(time.perf_counter_ns() - t0).bit_length()] += 1
+            self._hist[_bucket(time.perf_counter_ns() - t0)] += 1
 
     def _record(  # noqa: PLR0917 - internal builder, called positionally
         self,
