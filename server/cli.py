@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -19,7 +20,7 @@ from policies.durations import parse_duration
 from protos.errors import CustodesError, UsageError
 from protos.evidence.keys import generate_key, public_key_bytes, save_private_key
 from server import enrol, people
-from server.app import ServerOptions, serve
+from server.app import Limits, ServerOptions, serve
 from server.datadir import DEFAULT_DATA, DataDir, DataDirError, write_private
 from server.query import agent_line, describe, event_json, export_client
 from server.store import Store, open_store
@@ -63,6 +64,26 @@ def register(groups: Subparsers) -> None:
         "--console-insecure-http",
         action="store_true",
         help="serve the console over plain HTTP (loopback addresses only)",
+    )
+    defaults = Limits()
+    run.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=defaults.max_message_bytes,
+        help=f"largest gRPC message accepted (default {defaults.max_message_bytes})",
+    )
+    run.add_argument(
+        "--max-batch-events",
+        type=int,
+        default=defaults.max_batch_events,
+        help=f"most events in one batch; agents are told (default {defaults.max_batch_events})",
+    )
+    run.add_argument(
+        "--agent-events-per-second",
+        type=float,
+        default=defaults.events_per_second,
+        help="per-agent ingest rate, with a burst of twice as many "
+        f"(default {defaults.events_per_second:.0f})",
     )
     run.set_defaults(func=_run)
 
@@ -199,10 +220,38 @@ def _run(args: argparse.Namespace) -> int:
         enrol_listen=args.enrol_listen,
         database_url=database_url(data, args.database),
         console=_console_options(args),
+        limits=_limits(args),
     )
     _check_address(options.listen)
     asyncio.run(serve(options))
     return 0
+
+
+_LIMIT_BOUNDS = {
+    "max_message_bytes": (64 * 1024, 256 * 1024 * 1024),
+    "max_batch_events": (1, 100_000),
+    "agent_events_per_second": (1.0, 10_000_000.0),
+}
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    """The `server run` limit options, each checked against sane bounds."""
+    for name, (low, high) in _LIMIT_BOUNDS.items():
+        value = getattr(args, name)
+        if not low <= value <= high:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(
+                f"{flag} {value:g} is out of range; expected {low:g}..{high:g}",
+                hint=f"`custodes server run --help` lists the defaults for {flag}",
+            )
+    rate = float(args.agent_events_per_second)
+    return replace(
+        Limits(),
+        max_message_bytes=args.max_message_bytes,
+        max_batch_events=args.max_batch_events,
+        events_per_second=rate,
+        burst_events=max(int(rate * 2), args.max_batch_events),
+    )
 
 
 def _console_options(args: argparse.Namespace) -> ConsoleOptions | None:
