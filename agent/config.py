@@ -54,6 +54,10 @@ class AgentConfig(BaseModel):
     grants_file: Path | None = None  # default: state_dir/grants.json
     server: str | None = None  # host:port of the MSP's server; None until enrolled
     mode: Literal["auto", "enforce", "monitor"] = "auto"
+    # How area roots are marked (agent.marks): "auto" a filesystem mark where a root is its
+    # own filesystem, else inode marks; "mount" a mount mark on a root that is a mount point
+    # (bind mounts elsewhere are not covered); "filesystem" or "inode" insist on one kind.
+    marks: Literal["auto", "filesystem", "mount", "inode"] = "auto"
     limits: Limits = Field(default_factory=Limits)
 
     @property
@@ -154,6 +158,8 @@ def render_config(cfg: AgentConfig) -> str:
         f'state_dir = "{cfg.state_dir}"',
         f'mode = "{cfg.mode}"',
     ]
+    if cfg.marks != "auto":
+        lines.append(f'marks = "{cfg.marks}"')
     if cfg.server:
         lines.append(f'server = "{cfg.server}"')
     return "\n".join(lines) + "\n"

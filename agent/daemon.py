@@ -16,6 +16,7 @@ systemd restarts it. SIGTERM/SIGINT: clean stop.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import os
 import signal
@@ -56,6 +57,7 @@ from protos.files import write_atomic
 
 if TYPE_CHECKING:
     from agent.gate import Gate
+    from agent.observe import Monitor
     from agent.ship import Shipper
 
 log = structlog.get_logger("agent.daemon")
@@ -64,6 +66,7 @@ VERSION = "0.1.0"
 EXIT_OK = 0
 EXIT_WATCHDOG = 3
 TICK = 0.2  # seconds between main-loop passes: bounds signal and reload latency
+SWITCH_INTERVAL_S = 0.0005
 
 
 class StartRefusedError(AgentError):
@@ -163,7 +166,7 @@ class Daemon:
         self._exit_code = EXIT_OK
         self.mode = MODE_MONITOR
         self.mode_note = ""
-        self.gate: Gate | None = None
+        self.gate: Gate | Monitor | None = None
         self._grant_file: GrantFile | None = None
         self._compiled: CompiledAgreement | None = None
         self._journal: Journal | None = None
@@ -204,7 +207,9 @@ class Daemon:
             from agent.marks import GateError  # noqa: PLC0415
 
             roots = [d for _, d in compiled.area_roots()]
-            gate = Gate(policy=compiled, sink=self._journal_or_fail(), roots=roots)
+            gate = Gate(
+                policy=compiled, sink=self._journal_or_fail(), roots=roots, marks=self.cfg.marks
+            )
             try:
                 gate.start()
             except FanotifyError as exc:
@@ -220,6 +225,22 @@ class Daemon:
                 hint='run as root on Linux, or set mode = "monitor" in agent.toml',
             )
         return MODE_MONITOR, problem, 0
+
+    def _start_monitor(self, compiled: CompiledAgreement) -> None:
+        """Watch the areas (inotify) and record what is seen: blocks nothing."""
+        from agent.marks import GateError  # noqa: PLC0415
+        from agent.observe import Monitor  # noqa: PLC0415 - watchdog only in monitor mode
+
+        monitor = Monitor(
+            policy=compiled,
+            sink=self._journal_or_fail(),
+            roots=[d for _, d in compiled.area_roots()],
+        )
+        try:
+            monitor.start()
+        except GateError as exc:
+            raise StartRefusedError(str(exc), hint=exc.hint) from exc
+        self.gate = monitor
 
     def _journal_or_fail(self) -> Journal:
         if self._journal is None:
@@ -259,6 +280,12 @@ class Daemon:
         )
         self._journal = journal
         self.mode, self.mode_note, marks = self._start_gate(compiled)
+        if self.mode == MODE_MONITOR:
+            self._start_monitor(compiled)
+        else:
+            # The answer thread must get the GIL back quickly from the journal's and the
+            # shipper's long pure-Python stretches (signing a group): 5 ms by default.
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
         note = "; ".join(n for n in (journal.recovery.note, self.mode_note) if n)
         journal.note(
             AgentStartedRecord(
@@ -280,6 +307,10 @@ class Daemon:
         self._epoch_from = journal.next_seq
         self._start_shipping(journal)
         self._refresh_grants(force=True)  # with the server's grants kept from the last run
+        # What start made lives as long as the process: out of the collector's way, so a
+        # collection on the answer thread walks only what the events themselves allocate.
+        gc.collect()
+        gc.freeze()
         log.info(
             "agent_started",
             agent_id=cfg.agent_id,

@@ -31,7 +31,7 @@ import structlog
 from agent import attribute as attr
 from agent import fanotify as fan
 from agent.identities import Identities, resolve
-from agent.marks import DirEntryChange, GateError, Marker, PathMap, RootPlan, plan
+from agent.marks import DirEntryChange, GateError, MarkChoice, Marker, PathMap, RootPlan, plan
 from agent.records import AccessRecord, Attribution, EventSink
 from agent.tasks import Entry, TaskTable
 from policies.model import Action, Decision, Grant, Subject, SubjectKind, Verdict
@@ -166,7 +166,9 @@ class Gate:
         roots: Sequence[str],
         exempt_pids: Collection[int] = (),
         clock: Callable[[], int] = time.time_ns,
+        marks: MarkChoice = "auto",
     ) -> None:
+        self._marks: MarkChoice = marks
         self._state = _PolicyState(policy, _identities(policy))
         self._sink = sink
         self._roots = list(roots)
@@ -198,7 +200,7 @@ class Gate:
 
     def start(self) -> None:
         """Create both groups, start the threads, place the marks (returns once placed)."""
-        plans = plan(self._roots)
+        plans = plan(self._roots, marks=self._marks)
         try:
             self._fd = fan.init(INIT_FLAGS | fan.FAN_REPORT_TID, EVENT_FD_FLAGS)
         except fan.FanotifyError:
@@ -244,7 +246,7 @@ class Gate:
         if marker is None:
             self._state, self._roots = state, wanted
             return
-        new_plans = plan(wanted)
+        new_plans = plan(wanted, marks=self._marks)
         old = {p.root: p for p in marker.plans}
         new = {p.root: p for p in new_plans}
         self._state = state

@@ -1,12 +1,18 @@
 """What the gate marks, and keeping the marks true as directories come and go.
 
-An area root that is the root of its own filesystem (not the root filesystem) gets one
-filesystem mark: it covers every path to that data, bind mounts included, with no race.
-Any other root gets an inode mark on every directory below it (FAN_EVENT_ON_CHILD covers the
-files in each); a second, notification group reports new directories (FAN_CREATE and
-FAN_MOVED_TO with FAN_ONDIR), which are then marked and rescanned. A file opened in a new
-directory before its mark lands escapes the gate: `Marker.stats` counts new directories and
-the files found already in them when they were marked.
+`marks = "auto"` (agent.toml): an area root that is the root of its own filesystem (not
+the root filesystem) gets one filesystem mark: it covers every path to that data, bind
+mounts included, with no race. Any other root gets an inode mark on every directory below
+it (FAN_EVENT_ON_CHILD covers the files in each); a second, notification group reports new
+directories (FAN_CREATE and FAN_MOVED_TO with FAN_ONDIR), which are then marked and
+rescanned. A file opened in a new directory before its mark lands escapes the gate:
+`Marker.stats` counts new directories and the files found already in them when marked.
+
+`marks = "mount"` puts one mount mark on a root that is a mount point: every file opened
+through that mount, new directories included, with no race and no notification group; but
+the same files opened through a bind mount elsewhere are not gated, and creates, deletes
+and renames are not recorded (the kernel reports none for mount marks). `"filesystem"`
+insists on a filesystem mark, `"inode"` on inode marks, whatever the root is.
 
 `/`, and any root holding the agent's own code or interpreter, is refused: the agent's own
 opens there would hang it.
@@ -28,7 +34,8 @@ from protos.errors import CustodesError
 PERM_MASK = fan.FAN_OPEN_PERM | fan.FAN_OPEN_EXEC_PERM | fan.FAN_ONDIR
 NOTIF_MASK = fan.FAN_CREATE | fan.FAN_MOVED_TO | fan.FAN_MOVED_FROM | fan.FAN_DELETE | fan.FAN_ONDIR
 MAX_DIRS = 5_000_000  # a walk stops (and says so) past this many directories
-Mode = Literal["filesystem", "inodes"]
+Mode = Literal["filesystem", "mount", "inodes"]
+MarkChoice = Literal["auto", "filesystem", "mount", "inode"]  # agent.toml `marks`
 
 
 class GateError(CustodesError):
@@ -102,8 +109,12 @@ def _agent_paths() -> list[str]:
     return [str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix, sys.executable, here)]
 
 
-def plan(roots: Iterable[str], forbidden: Sequence[str] | None = None) -> list[RootPlan]:
-    """Decide how to mark each root. Raises MarkRefused for `/`, the agent's paths, non-dirs."""
+def plan(
+    roots: Iterable[str], forbidden: Sequence[str] | None = None, marks: MarkChoice = "auto"
+) -> list[RootPlan]:
+    """Decide how to mark each root. Raises MarkRefused for `/`, the agent's paths, non-dirs,
+    and a root the `marks` choice cannot cover exactly ("filesystem": the root of its own
+    filesystem; "mount": a mount point)."""
     mounts = read_mounts()
     root_dev = Path("/").stat().st_dev
     avoid = list(forbidden) if forbidden is not None else _agent_paths()
@@ -129,8 +140,32 @@ def plan(roots: Iterable[str], forbidden: Sequence[str] | None = None) -> list[R
         rest = root[len(m.mountpoint.rstrip("/")) :]
         in_fs = _join(m.root, rest) if m.root != "/" else (rest or "/")
         own_fs = m.mountpoint == root and m.root == "/" and Path(root).stat().st_dev != root_dev
-        plans.append(RootPlan(root, "filesystem" if own_fs else "inodes", m.device, in_fs))
+        plans.append(
+            RootPlan(
+                root, _mode(root, marks, own_fs=own_fs, mountpoint=m.mountpoint), m.device, in_fs
+            )
+        )
     return plans
+
+
+def _mode(root: str, marks: MarkChoice, *, own_fs: bool, mountpoint: str) -> Mode:
+    if marks == "auto":
+        return "filesystem" if own_fs else "inodes"
+    if marks == "inode":
+        return "inodes"
+    if marks == "filesystem" and not own_fs:
+        raise MarkRefused(
+            f"area root {root!r} is not the root of a filesystem of its own (expected one "
+            'for marks = "filesystem": a mark there would gate the whole filesystem)',
+            hint='use marks = "auto" or "inode" in agent.toml',
+        )
+    if marks == "mount" and mountpoint != root:
+        raise MarkRefused(
+            f'area root {root!r} is not a mount point (expected one for marks = "mount": '
+            f"a mark there would gate all of {mountpoint!r})",
+            hint='use marks = "auto" or "inode" in agent.toml',
+        )
+    return marks
 
 
 @dataclass(slots=True)
@@ -179,6 +214,11 @@ class Marker:
                     fan.mark(self.notif_fd, flags, NOTIF_MASK, p.root)
                     self.stats.perm_marks += 1
                     self.stats.notif_marks += 1
+                elif p.mode == "mount":
+                    # Every file opened through this mount; the kernel has no create, delete
+                    # or rename events for mount marks, so the notification group is unused.
+                    fan.mark(self.perm_fd, fan.FAN_MARK_ADD | fan.FAN_MARK_MOUNT, PERM_MASK, p.root)
+                    self.stats.perm_marks += 1
                 else:
                     # List first, mark after: our own listing of marked directories would
                     # each cost a round trip through the gate.
@@ -198,6 +238,17 @@ class Marker:
                             self.stats.mark_errors += 1
                     self.stats.perm_marks -= 1
                     self.stats.notif_marks -= 1
+                elif p.mode == "mount":
+                    try:
+                        fan.mark(
+                            self.perm_fd,
+                            fan.FAN_MARK_REMOVE | fan.FAN_MARK_MOUNT,
+                            PERM_MASK,
+                            p.root,
+                        )
+                    except fan.FanotifyError:
+                        self.stats.mark_errors += 1
+                    self.stats.perm_marks -= 1
                 else:
                     self._unmark_tree(p.root)
                 self.plans = [q for q in self.plans if q.root != p.root]

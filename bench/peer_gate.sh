@@ -4,7 +4,8 @@
 # loop-mounted XFS filesystem. Root only. Usage:
 #   sudo bench/peer_gate.sh            # realistic (unpinned)
 #   sudo PIN=same bench/peer_gate.sh   # low-noise comparison (gate and openers on CPU 0)
-# Any measure.sh knob passes through (REPS, SECS, WORKLOADS). The agent's state lives in
+# Any measure.sh knob passes through (REPS, SECS, WORKLOADS); MARKS sets agent.toml's
+# `marks` (default "mount"). The agent's state lives in
 # $PEERGATE/custodes, outside the marked filesystem; setup/teardown are peer-gate's own.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,6 +39,10 @@ others: allow
 YAML
 "$here/.venv/bin/custodes" agent init --config "$state/agent.toml" --agent-id peer-gate \
     --client peer-gate --agreement "$state/agreement.yaml" --state-dir "$state/state" >/dev/null
+# One mount mark on $PG/mnt: measure.sh accepts a mark whose fdinfo shows the mount's mnt_id
+# or `stat -c %D` as sdev; inode and filesystem marks print the kernel's internal dev
+# encoding (sdev:700000 for 7:0, where stat says 700), so it would refuse them as foreign.
+echo "marks = \"${MARKS:-mount}\"" >> "$state/agent.toml"
 "$here/.venv/bin/custodes" policy check "$state/agreement.yaml"
 exec bash "$tools/measure.sh" ${MODES:-baseline fapolicyd} \
     "custodes=$here/.venv/bin/custodes --log-format json agent run --config $state/agent.toml"

@@ -20,11 +20,15 @@ from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from agent.records import AccessRecord
 from policies.model import Action, Decision, Grant, Subject, SubjectKind, Verdict
+
+if TYPE_CHECKING:
+    from agent.gate import Gate
 
 TECH = "ctest-tech1"
 STAFF = "ctest-staff1"
@@ -172,14 +176,52 @@ def accounts() -> Iterator[dict[str, pwd.struct_passwd]]:
         os.close(lock)
 
 
+_LIVE_GATES: list[Any] = []  # every Gate started in this process and not yet stopped here
+
+
+def stop_live_gates() -> None:
+    """Stop every gate a test started (idempotent; a gate already stopped returns at once).
+
+    A gate left live while its answer thread is gone would hold the test process itself in
+    uninterruptible sleep at its next open in the area (a walk, a rmtree).
+    """
+    while _LIVE_GATES:
+        gate = _LIVE_GATES.pop()
+        with contextlib.suppress(Exception):
+            gate.stop()
+
+
+@pytest.fixture(autouse=True)
+def _gates_always_stopped(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every Gate started during a test is stopped at its teardown, pass or fail."""
+    try:
+        from agent.gate import Gate  # noqa: PLC0415 - Linux only (ctypes fanotify)
+    except (ImportError, OSError, AttributeError):
+        yield
+        return
+    original = Gate.start
+
+    def start(self: Gate) -> None:
+        _LIVE_GATES.append(self)
+        original(self)
+
+    monkeypatch.setattr(Gate, "start", start)
+    try:
+        yield
+    finally:
+        stop_live_gates()
+
+
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    """A fresh world-writable directory under /tmp, removed at teardown."""
+    """A fresh world-writable directory under /tmp, removed at teardown (gates stopped
+    first: the removal opens every directory in it)."""
     d = Path(tempfile.mkdtemp(prefix="ctest-gate-"))
     d.chmod(0o777)
     try:
         yield d
     finally:
+        stop_live_gates()
         shutil.rmtree(d, ignore_errors=True)
 
 
@@ -267,3 +309,51 @@ def start_opener(
             *cmd,
         ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+READ = frozenset({Action.READ, Action.LIST})
+GateFactory = Callable[..., tuple["Gate", FakePolicy, FakeSink]]
+
+
+def area(root: Path) -> Path:
+    """An area with an in-scope `allowed/` and an out-of-scope `secret/`, files in each."""
+    for sub in ("allowed", "secret"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / sub).chmod(0o777)
+        f = root / sub / "f.txt"
+        f.write_text("patient record\n")
+        f.chmod(0o666)
+    return root
+
+
+@pytest.fixture
+def make_gate(accounts: dict[str, pwd.struct_passwd]) -> Iterator[GateFactory]:
+    """Start gates over test areas (tech ctest-tech1 may read `allowed/`); all stopped after."""
+    from agent.gate import Gate  # noqa: PLC0415 - Linux only (ctypes fanotify)
+
+    gates: list[Gate] = []
+
+    def make(
+        root: Path,
+        *,
+        sink: FakeSink | None = None,
+        policy: FakePolicy | None = None,
+        roots: Sequence[str] | None = None,
+        marks: str = "auto",
+    ) -> tuple[Gate, FakePolicy, FakeSink]:
+        sink = sink or FakeSink()
+        policy = policy or FakePolicy(
+            roots=[("records", str(root))],
+            technician_accounts={accounts[TECH].pw_name: "tess"},
+            scope={"tess": [(str(root / "allowed"), READ)]},
+        )
+        gate = Gate(policy=policy, sink=sink, roots=roots or [str(root)], marks=marks)  # type: ignore[arg-type]
+        gates.append(gate)
+        gate.start()
+        return gate, policy, sink
+
+    try:
+        yield make
+    finally:
+        for g in gates:
+            g.stop()

@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,56 +26,17 @@ from tests.agent.conftest import (
     WAIT_S,
     FakePolicy,
     FakeSink,
+    GateFactory,
     bind_mounted,
     mounted_tmpfs,
     run_opener,
     start_opener,
 )
+from tests.agent.conftest import (
+    area as _area,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
-
-READ = frozenset({Action.READ, Action.LIST})
-GateFactory = Callable[..., tuple[Gate, FakePolicy, FakeSink]]
-
-
-def _area(root: Path) -> Path:
-    """An area with an in-scope `allowed/` and an out-of-scope `secret/`, files in each."""
-    for sub in ("allowed", "secret"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-        (root / sub).chmod(0o777)
-        f = root / sub / "f.txt"
-        f.write_text("patient record\n")
-        f.chmod(0o666)
-    return root
-
-
-@pytest.fixture
-def make_gate(accounts: dict[str, pwd.struct_passwd]) -> Iterator[GateFactory]:
-    gates: list[Gate] = []
-
-    def make(
-        root: Path,
-        *,
-        sink: FakeSink | None = None,
-        policy: FakePolicy | None = None,
-        roots: Sequence[str] | None = None,
-    ) -> tuple[Gate, FakePolicy, FakeSink]:
-        sink = sink or FakeSink()
-        policy = policy or FakePolicy(
-            roots=[("records", str(root))],
-            technician_accounts={accounts[TECH].pw_name: "tess"},
-            scope={"tess": [(str(root / "allowed"), READ)]},
-        )
-        gate = Gate(policy=policy, sink=sink, roots=roots or [str(root)])
-        gates.append(gate)
-        gate.start()
-        return gate, policy, sink
-
-    try:
-        yield make
-    finally:
-        for g in gates:
-            g.stop()
 
 
 def _denied(r: AccessRecord) -> bool:
@@ -204,7 +165,8 @@ def test_directory_created_after_start_is_gated(
     before = gate.marks
     new = area / "secret" / "later" / "deeper"
     new.mkdir(parents=True)
-    (new / "f.txt").write_text("x")
+    # The test never opens a file in its own gate's area: a subprocess does.
+    assert run_opener("c", str(new / "f.txt")) == ["ok"]
     (new / "f.txt").chmod(0o666)
     end = time.monotonic() + WAIT_S
     while gate.marks < before + 2 and time.monotonic() < end:
@@ -262,8 +224,8 @@ def test_tmpfs_area_gets_one_filesystem_mark_and_covers_bind_mounts(
             assert run_opener("r", str(alias / "f.txt"), user=accounts[TECH]) == ["EPERM"]
             assert sink.wait_for(_denied).path == str(area / "secret/f.txt")
         # a directory made after start needs no new mark
-        (area / "secret/new").mkdir()
-        (area / "secret/new/g.txt").write_text("x")
+        (area / "secret/new").mkdir()  # mkdir opens nothing: no permission event
+        assert run_opener("c", str(area / "secret/new/g.txt")) == ["ok"]
         assert run_opener("r", str(area / "secret/new/g.txt"), user=accounts[TECH]) == ["EPERM"]
         gate.stop()
 
