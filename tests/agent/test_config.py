@@ -74,3 +74,16 @@ def test_render_round_trips(tmp_path: Path) -> None:
     again = parse_config(render_config(cfg), source=tmp_path / "agent.toml")
     assert again == cfg
     assert isinstance(again, AgentConfig)
+
+
+def test_marks_defaults_to_auto_and_takes_the_four_kinds(tmp_path: Path) -> None:
+    assert parse_config(GOOD, source=tmp_path / "agent.toml").marks == "auto"
+    for kind in ("auto", "filesystem", "mount", "inode"):
+        cfg = parse_config(GOOD + f'marks = "{kind}"\n', source=tmp_path / "agent.toml")
+        assert cfg.marks == kind
+        assert parse_config(render_config(cfg), source=tmp_path / "agent.toml").marks == kind
+
+
+def test_an_unknown_mark_kind_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="marks"):
+        parse_config(GOOD + 'marks = "inodes"\n', source=tmp_path / "agent.toml")

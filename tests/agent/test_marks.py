@@ -111,3 +111,30 @@ def test_marker_counts_and_removes_its_marks(workdir: Path) -> None:
         marker.close()
         os.close(perm)
         os.close(notif)
+
+
+@pytest.mark.parametrize(
+    ("marks", "match"),
+    [
+        ("mount", "not a mount point"),
+        ("filesystem", "not the root of a filesystem of its own"),
+    ],
+)
+def test_a_mark_kind_that_would_cover_more_than_the_root_is_refused(
+    workdir: Path, marks: str, match: str
+) -> None:
+    (workdir / "area").mkdir()
+    with pytest.raises(MarkRefused, match=match):
+        plan([str(workdir / "area")], marks=marks)  # type: ignore[arg-type]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    ("marks", "mode"),
+    [("auto", "filesystem"), ("mount", "mount"), ("inode", "inodes"), ("filesystem", "filesystem")],
+)
+def test_the_configured_mark_kind_is_used_where_it_fits(
+    workdir: Path, marks: str, mode: str
+) -> None:
+    with mounted_tmpfs(workdir / "fs") as fs:
+        assert plan([str(fs)], marks=marks)[0].mode == mode  # type: ignore[arg-type]
