@@ -194,6 +194,7 @@ class _Cache:
         return hit
 
 
+NO_UID = 4294967295
 _SUBJECTS = _Cache()
 _DECISIONS = _Cache()
 _AREAS = _Cache()
@@ -204,7 +205,8 @@ _BY_ID: dict[int, tuple[Decision, tuple[Action, bool], bytes, bytes]] = {}
 def _subject(rec: AccessRecord) -> bytes:
     att = rec.attribution
     d = rec.decision
-    s = pb.Subject(os_user=att.account, uid=att.uid, pid=att.pid)
+    # (uid_t)-1, the kernel's "no user": an actor nobody could identify (monitor mode).
+    s = pb.Subject(os_user=att.account, uid=att.uid if att.uid >= 0 else NO_UID, pid=att.pid)
     if d.subject_kind is SubjectKind.TECHNICIAN and d.technician:
         s.technician = d.technician
     if d.principal:

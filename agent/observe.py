@@ -22,13 +22,16 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from agent.gate import GatePolicy
+from agent.identities import UNSET_LOGINUID
 from agent.marks import MarkRefused, plan
 from agent.records import AccessRecord, Attribution, EventSink
 from policies.model import Action, Decision, Grant, Subject, SubjectKind, Verdict
 
 log = structlog.get_logger("custodes.agent.observe")
 
-UNKNOWN = Attribution(pid=0, uid=-1, loginuid=None, account="unknown", login_account=None)
+UNKNOWN = Attribution(
+    pid=0, uid=UNSET_LOGINUID, loginuid=None, account="unknown", login_account=None
+)  # uid (uid_t)-1: no user could be named
 REASON = (
     "monitor mode: seen through inotify after the fact; nothing was blocked and the actor "
     "is unknown"
