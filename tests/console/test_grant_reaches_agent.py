@@ -49,7 +49,10 @@ def console_world(accounts: dict[str, pwd.struct_passwd]) -> Iterator[JitWorld]:
             check=False,
         )
         assert proc.returncode == 0, proc.stderr
-        yield world
+        try:
+            yield world
+        finally:
+            server.kill()  # jit_world stops the server it started, not this one
 
 
 def test_manager_approves_in_the_browser_and_the_agent_lets_the_technician_in(
