@@ -9,7 +9,6 @@ from pathlib import Path
 from agent.config import AgentConfig, ConfigError, load_config, render_config
 from agent.enroll import register_enroll
 from agent.keys import epoch_verifier, load_or_create
-from agent.verify import latest_checkpoint, verify_journal
 from protos.errors import CustodesError
 from protos.evidence.note import NoteVerifier
 from protos.files import write_atomic
@@ -49,6 +48,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Verify the whole local journal: every chain link and every checkpoint signature."""
     cfg = _config(args)
     verifier = _trusted_verifier(cfg, args.vkey)
+    from agent.verify import verify_journal  # noqa: PLC0415 - keeps `agent run` light
+
     report = verify_journal(cfg.journal_path, verifier, origin=cfg.origin)
     summary = (
         f"events {report.first_seq}..{report.next_seq - 1}, {report.checkpoints} checkpoints "
@@ -69,6 +70,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     """Print the latest signed checkpoint note."""
     cfg = _config(args)
+    from agent.verify import latest_checkpoint  # noqa: PLC0415 - keeps `agent run` light
+
     note = latest_checkpoint(cfg.journal_path)
     if not note:
         raise CustodesError(

@@ -35,7 +35,6 @@ import structlog
 
 import agent
 from agent.config import AgentConfig, AgentError
-from agent.delivery import Hooks, ServerGrants
 from agent.events import (
     MODE_ENFORCING,
     MODE_MONITOR,
@@ -56,6 +55,7 @@ from protos.errors import CustodesError
 from protos.files import write_atomic
 
 if TYPE_CHECKING:
+    from agent.delivery import ServerGrants
     from agent.gate import Gate
     from agent.observe import Monitor
     from agent.ship import Shipper
@@ -372,12 +372,16 @@ class Daemon:
 
     def _start_shipping(self, journal: Journal) -> None:
         from agent.enroll import Credentials  # noqa: PLC0415 - grpc only when enrolled
-        from agent.ship import Shipper  # noqa: PLC0415
 
         creds = Credentials(self.cfg.state_dir)
         if not creds.exists():
             log.info("shipping_disabled", reason="not enrolled", state_dir=str(self.cfg.state_dir))
             return
+        # grpc, protobuf services and the signed-message code load only for an enrolled
+        # agent: an agent that only gates and journals stays small.
+        from agent.delivery import Hooks, ServerGrants  # noqa: PLC0415
+        from agent.ship import Shipper  # noqa: PLC0415
+
         self._server_grants = ServerGrants(
             creds.read(creds.server_pub),
             self.cfg.client,

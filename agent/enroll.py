@@ -20,16 +20,9 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from agent import keys as epoch_keys
 from agent.config import AgentConfig, AgentError, load_config
 from protos.files import write_atomic
-from protos.wire import pb, rpc
 
 _TOKEN = re.compile(r"^ctk1\.([0-9a-f]{64})\.([A-Za-z0-9_-]{32,64})$")
 TIMEOUT_S = 15.0
@@ -105,6 +98,9 @@ def parse_token(text: str) -> tuple[str, str]:
 
 def fetch_server_cert(host: str, port: int, fingerprint: str) -> bytes:
     """The server's certificate (PEM) if its SHA-256 fingerprint matches; EnrolError if not."""
+    from cryptography import x509  # noqa: PLC0415 - only when enrolling: keeps the daemon light
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - only when enrolling: keeps the daemon light
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # we pin by fingerprint below, before trusting it
@@ -132,6 +128,11 @@ def fetch_server_cert(host: str, port: int, fingerprint: str) -> bytes:
 
 def make_csr(agent_id: str) -> tuple[bytes, bytes]:
     """A fresh P-256 TLS key and a CSR with CN = agent id, both PEM."""
+    from cryptography import x509  # noqa: PLC0415 - only when enrolling: keeps the daemon light
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415 - only when enrolling: keeps the daemon light
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415 - only when enrolling: keeps the daemon light
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415 - only when enrolling: keeps the daemon light
+
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
@@ -154,6 +155,10 @@ def split_address(address: str) -> tuple[str, int]:
 
 def enroll(cfg: AgentConfig, server: str, token: str, enrol_port: int | None = None) -> Credentials:
     """Enrol this agent with `server` using `token`; save the credentials; return them."""
+    import grpc  # noqa: PLC0415 - only when enrolling: keeps the daemon light
+
+    from protos.wire import pb, rpc  # noqa: PLC0415 - only when enrolling: keeps the daemon light
+
     fingerprint, _ = parse_token(token)
     host, port = split_address(server)
     eport = enrol_port or port + 1
@@ -217,6 +222,8 @@ def _vkey_public(vkey: str) -> bytes:
 
 
 def _name_in(cert_pem: bytes, host: str) -> str:
+    from cryptography import x509  # noqa: PLC0415 - only when enrolling: keeps the daemon light
+
     cert = x509.load_pem_x509_certificate(cert_pem)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     names = [str(n) for n in san.get_values_for_type(x509.DNSName)]

@@ -8,11 +8,14 @@ ctest-bench-tech and ctest-bench-staff, and everything under a fresh /tmp/ctest-
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import os
 import pwd
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -101,9 +104,20 @@ def _as(user: pwd.struct_passwd, *cmd: str) -> list[str]:
     return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", *cmd]
 
 
-def _opens(user: pwd.struct_passwd, path: Path, n: int, reps: int) -> float:
+def _cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _opens(
+    user: pwd.struct_passwd, path: Path, n: int, reps: int, gate: Gate | None = None
+) -> tuple[float, float]:
+    """Median µs per open+close over `reps` runs, and the gate's CPU µs per event (this
+    process does nothing else meanwhile; 0 when ungated)."""
     runs = []
+    cpu = []
     for _ in range(reps):
+        c0, e0 = _cpu_s(), gate.stats.events if gate else 0
         out = subprocess.run(
             _as(user, OPENER, "-c", LOOP, str(path), str(n)),
             capture_output=True,
@@ -114,14 +128,177 @@ def _opens(user: pwd.struct_passwd, path: Path, n: int, reps: int) -> float:
         if out.returncode != 0:
             raise SystemExit(f"opener as {user.pw_name} failed: {out.stderr[-400:]}")
         runs.append(float(out.stdout))
-    return statistics.median(runs)
+        if gate is not None:
+            cpu.append((_cpu_s() - c0) * 1e6 / max(gate.stats.events - e0, 1))
+    return statistics.median(runs), statistics.median(cpu) if cpu else 0.0
 
 
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def _rss_mb(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _daemon_rss(tree: Path, tech: pwd.struct_passwd) -> tuple[str, str, str]:
+    """RSS of `custodes agent run` (enforcing, journal open; shipping off: not enrolled)
+    gating `tree`, idle 3 s after it started."""
+    state = tree.parent / "daemon"
+    state.mkdir()
+    agreement = state / "agreement.yaml"
+    agreement.write_text(AGREEMENT.format(tech=tech.pw_name, area=tree))
+    config = state / "agent.toml"
+    config.write_text(
+        f'agent_id = "bench"\nclient = "bench"\nagreement = "{agreement}"\n'
+        f'state_dir = "{state / "state"}"\nmode = "enforce"\n'
+    )
+    custodes = str(Path(sys.prefix) / "bin" / "custodes")
+    proc = subprocess.Popen(
+        [custodes, "--log-format", "json", "agent", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    marks, rss = 0, 0.0
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 120
+        for line in proc.stderr:
+            event = json.loads(line) if line.startswith("{") else {}
+            if event.get("event") == "agent_started" or time.monotonic() > deadline:
+                marks = int(event.get("marks", 0))
+                break
+        time.sleep(3.0)
+        rss = _rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+    return (
+        f"idle RSS of `custodes agent run`, {marks} marks",
+        f"{rss:.1f} MB",
+        "journal open, not enrolled (goal ≤ 40 MB)",
+    )
+
+
+def _measure(
+    args: argparse.Namespace, tech: pwd.struct_passwd, staff: pwd.struct_passwd, work: Path
+) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    area = work / "area"
+    area.mkdir(mode=0o777)
+    area.chmod(0o777)
+    target = area / "f.txt"
+    target.write_text("x")
+    target.chmod(0o644)
+    policy = compile_agreement(
+        parse_agreement(AGREEMENT.format(tech=TECH, area=area), filename="bench.yaml")
+    )
+
+    # Interleaved: each run measures the baseline, then a fresh gate per kind of opener,
+    # so a change of load during the bench hits all three alike.
+    base_runs: list[float] = []
+    runs: dict[str, list[float]] = {"staff": [], "tech": []}
+    cpu: dict[str, list[float]] = {"staff": [], "tech": []}
+    lat: dict[str, list[tuple[float, float]]] = {"staff": [], "tech": []}
+    for _ in range(args.reps):
+        base_runs.append(_opens(staff, target, args.opens, 1)[0])
+        for kind, user in (("staff", staff), ("tech", tech)):
+            gate = Gate(policy=policy, sink=CountingSink(), roots=[str(area)])
+            gate.start()
+            gc.freeze()  # as the daemon does after start
+            try:
+                us, cpu_us = _opens(user, target, args.opens, 1, gate)
+                st = gate.stats
+            finally:
+                gate.stop()
+            runs[kind].append(us)
+            cpu[kind].append(cpu_us)
+            lat[kind].append((st.answer_p50_us, st.answer_p99_us))
+    base = statistics.median(base_runs)
+    rows.append(("ungated open+close (baseline)", f"{base:.2f} µs", ""))
+    for kind, label, goal in (
+        ("staff", "gated, non-technician", 8),
+        ("tech", "gated, technician (allowed, recorded)", 20),
+    ):
+        us = statistics.median(runs[kind])
+        rows.append((label, f"{us:.2f} µs", f"+{us - base:.2f} µs (goal ≤ {goal})"))
+        p50 = statistics.median(p for p, _ in lat[kind])
+        p99 = statistics.median(p for _, p in lat[kind])
+        rows.append(
+            (
+                f"  {kind}: answer latency p50/p99, gate CPU per event",
+                f"≤{p50:.0f}/≤{p99:.0f} µs",
+                f"{statistics.median(cpu[kind]):.1f} µs CPU/event",
+            )
+        )
+    if args.only_opens:
+        return rows
+
+    # The new-directory race: a technician denied everything but reads creates a file in
+    # a directory it made a moment ago; an open before the mark lands escapes.
+    race = area / "race"
+    race.mkdir(mode=0o777)
+    race.chmod(0o777)
+    gate = Gate(policy=policy, sink=CountingSink(), roots=[str(area)])
+    gate.start()
+    try:
+        for delay in (0, 20, 100, 1000, 10000):
+            sub = race / f"delay{delay}"
+            sub.mkdir(mode=0o777)
+            sub.chmod(0o777)
+            time.sleep(0.2)  # let the gate mark `sub` itself
+            out = subprocess.run(
+                _as(tech, OPENER, "-c", RACE, str(sub), str(args.race_trials), str(delay)),
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=True,
+            )
+            rows.append(
+                (
+                    f"new dir race: create {delay} µs after mkdir",
+                    f"{int(out.stdout)}/{args.race_trials} escaped",
+                    "",
+                )
+            )
+    finally:
+        gate.stop()
+    shutil.rmtree(race)
+
+    tree = work / "tree"
+    per = 1000
+    for i in range(args.dirs // per):
+        top = tree / f"t{i:04d}"
+        top.mkdir(parents=True)
+        for j in range(per - 1):
+            (top / f"d{j:04d}").mkdir()
+    rss0 = _rss_mb()
+    times, marks, rss = [], 0, 0.0
+    for _ in range(args.reps):
+        gate = Gate(policy=policy, sink=CountingSink(), roots=[str(tree)])
+        t = time.perf_counter()
+        gate.start()
+        times.append(time.perf_counter() - t)
+        marks = gate.marks
+        time.sleep(0.5)
+        rss = _rss_mb()
+        gate.stop()
+    rows.append(
+        (f"mark {marks} directories (start)", f"{statistics.median(times):.2f} s", "goal ≤ 2 s")
+    )
+    rows.append(
+        (
+            "idle RSS of the process, marks held",
+            f"{rss:.1f} MB",
+            f"{rss - rss0:+.1f} MB over before (goal ≤ 40 MB)",
+        )
+    )
+    rows.append(_daemon_rss(tree, tech))
+    return rows
 
 
 def main() -> None:
@@ -133,6 +310,7 @@ def main() -> None:
     ap.add_argument(
         "--pin", action="store_true", help="run gate and openers on CPU 0 (low-noise comparison)"
     )
+    ap.add_argument("--only-opens", action="store_true", help="only the per-open overhead")
     args = ap.parse_args()
     if args.pin:
         os.sched_setaffinity(0, {0})  # threads started later and children inherit it
@@ -140,106 +318,8 @@ def main() -> None:
     tech, staff = _user(TECH), _user(STAFF)
     work = Path(tempfile.mkdtemp(prefix="ctest-bench-"))
     work.chmod(0o755)
-    rows: list[tuple[str, str, str]] = []
     try:
-        area = work / "area"
-        area.mkdir(mode=0o777)
-        area.chmod(0o777)
-        target = area / "f.txt"
-        target.write_text("x")
-        target.chmod(0o644)
-        policy = compile_agreement(
-            parse_agreement(AGREEMENT.format(tech=TECH, area=area), filename="bench.yaml")
-        )
-
-        base = _opens(staff, target, args.opens, args.reps)
-        rows.append(("ungated open+close (baseline)", f"{base:.2f} µs", ""))
-        sink = CountingSink()
-        gate = Gate(policy=policy, sink=sink, roots=[str(area)])
-        gate.start()
-        try:
-            staff_us = _opens(staff, target, args.opens, args.reps)
-            tech_us = _opens(tech, target, args.opens, args.reps)
-            st = gate.stats
-        finally:
-            gate.stop()
-        rows.append(
-            ("gated, non-technician", f"{staff_us:.2f} µs", f"+{staff_us - base:.2f} µs (goal ≤ 8)")
-        )
-        rows.append(
-            (
-                "gated, technician (allowed, recorded)",
-                f"{tech_us:.2f} µs",
-                f"+{tech_us - base:.2f} µs (goal ≤ 20)",
-            )
-        )
-        rows.append(
-            (
-                "gate answer latency p50/p99 (histogram)",
-                f"≤{st.answer_p50_us:.0f}/≤{st.answer_p99_us:.0f} µs",
-                f"{st.events} events",
-            )
-        )
-
-        # The new-directory race: a technician denied everything but reads creates a file in
-        # a directory it made a moment ago; an open before the mark lands escapes.
-        race = area / "race"
-        race.mkdir(mode=0o777)
-        race.chmod(0o777)
-        gate = Gate(policy=policy, sink=CountingSink(), roots=[str(area)])
-        gate.start()
-        try:
-            for delay in (0, 20, 100, 1000, 10000):
-                sub = race / f"delay{delay}"
-                sub.mkdir(mode=0o777)
-                sub.chmod(0o777)
-                time.sleep(0.2)  # let the gate mark `sub` itself
-                out = subprocess.run(
-                    _as(tech, OPENER, "-c", RACE, str(sub), str(args.race_trials), str(delay)),
-                    capture_output=True,
-                    text=True,
-                    timeout=300,
-                    check=True,
-                )
-                rows.append(
-                    (
-                        f"new dir race: create {delay} µs after mkdir",
-                        f"{int(out.stdout)}/{args.race_trials} escaped",
-                        "",
-                    )
-                )
-        finally:
-            gate.stop()
-        shutil.rmtree(race)
-
-        tree = work / "tree"
-        per = 1000
-        for i in range(args.dirs // per):
-            top = tree / f"t{i:04d}"
-            top.mkdir(parents=True)
-            for j in range(per - 1):
-                (top / f"d{j:04d}").mkdir()
-        rss0 = _rss_mb()
-        times, marks, rss = [], 0, 0.0
-        for _ in range(args.reps):
-            gate = Gate(policy=policy, sink=CountingSink(), roots=[str(tree)])
-            t = time.perf_counter()
-            gate.start()
-            times.append(time.perf_counter() - t)
-            marks = gate.marks
-            time.sleep(0.5)
-            rss = _rss_mb()
-            gate.stop()
-        rows.append(
-            (f"mark {marks} directories (start)", f"{statistics.median(times):.2f} s", "goal ≤ 2 s")
-        )
-        rows.append(
-            (
-                "idle RSS of the process, marks held",
-                f"{rss:.1f} MB",
-                f"{rss - rss0:+.1f} MB over before (goal ≤ 40 MB)",
-            )
-        )
+        rows = _measure(args, tech, staff, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         for n in made:
