@@ -8,10 +8,12 @@ A technician's open is attributed fully, classified (exec, list, create, write, 
 recorded with `on_durable` and answered EPERM from the journal's callback, once it is on
 disk, so other openers keep being answered meanwhile.
 
-A second thread reads the notification group: it marks new directories (agent.marks) and
-records a technician's creates, deletes and renames. Those cannot be gated by fanotify
-permission events; they are journaled with `enforcing=False`, the verdict the policy would
-have given, and a reason that says so.
+A second thread (agent.watch) reads the notification group: it marks new directories and
+records a technician's creates, deletes and renames, which fanotify cannot gate.
+
+The answer path, per event: the thread's /proc handles (agent.tasks) give loginuid (pread)
+and uid (fstat) with no open; an agent thread, or anyone but a technician or an unnamed
+interactive root, is allowed in a batch written with one writev.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -31,9 +33,10 @@ import structlog
 from agent import attribute as attr
 from agent import fanotify as fan
 from agent.identities import Identities, resolve
-from agent.marks import DirEntryChange, GateError, MarkChoice, Marker, PathMap, RootPlan, plan
+from agent.marks import GateError, MarkChoice, Marker, PathMap, RootPlan, plan
 from agent.records import AccessRecord, Attribution, EventSink
 from agent.tasks import Entry, TaskTable
+from agent.watch import ChangeWatcher
 from policies.model import Action, Decision, Grant, Subject, SubjectKind, Verdict
 
 log = structlog.get_logger("custodes.agent.gate")
@@ -185,12 +188,13 @@ class Gate:
         self._resp_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._marker: Marker | None = None
+        self._watcher: ChangeWatcher | None = None
         self._paths = PathMap([])
         self._last_progress = time.monotonic()
         self.report_tid = True
         # Counters: each is written by one thread only (the answer thread, or under
         # _resp_lock for the journal's callbacks), so no lock on the hot path.
-        self._n = [0] * 8  # events allowed tech unknown_admin exempt errors changes unattributed
+        self._n = [0] * 6  # events allowed technician unknown_admin exempt errors
         self._denied = 0
         self._journal_failures = 0
         self._hist = [0] * (_EXACT_US + 64)
@@ -212,9 +216,19 @@ class Gate:
         self._closed = False
         self._own.add(threading.get_native_id())
         self._marker = Marker(self._fd, self._notif_fd)
+        self._watcher = ChangeWatcher(
+            fd=self._notif_fd,
+            marker=self._marker,
+            own=self._own,
+            enricher=self._enricher,
+            sink=self._sink,
+            clock=self._clock,
+            decide=self._decide_change,
+            classify=self._classify,
+        )
         self._threads = [
             threading.Thread(target=self._answer_loop, name="custodes-gate", daemon=True),
-            threading.Thread(target=self._watch_loop, name="custodes-gate-watch", daemon=True),
+            threading.Thread(target=self._watch, name="custodes-gate-watch", daemon=True),
         ]
         for t in self._threads:
             t.start()
@@ -332,6 +346,7 @@ class Gate:
         """A snapshot of the counters."""
         n = self._n
         ms = self._marker.stats if self._marker is not None else None
+        w = self._watcher
         return GateStats(
             events=n[0],
             allowed=n[1],
@@ -339,10 +354,10 @@ class Gate:
             technician_events=n[2],
             unknown_admin=n[3],
             exempt=n[4],
-            errors=n[5],
+            errors=n[5] + (w.errors if w else 0),
             journal_failures=self._journal_failures,
-            recorded_changes=n[6],
-            unattributed_changes=n[7],
+            recorded_changes=w.recorded if w else 0,
+            unattributed_changes=w.unattributed if w else 0,
             marks=self.marks,
             new_dirs=ms.new_dirs if ms else 0,
             found_in_new_dirs=ms.found_in_new_dirs if ms else 0,
@@ -666,76 +681,18 @@ class Gate:
             inode=st.st_ino if st else 0,
         )
 
-    # the notification thread -------------------------------------------------------------
+    # the notification thread (agent.watch) ----------------------------------------------
 
-    def _watch_loop(self) -> None:
+    def _watch(self) -> None:
         self._own.add(threading.get_native_id())
-        poller = select.poll()
-        poller.register(self._notif_fd, select.POLLIN)
-        while not self._stopping.is_set():
-            if not poller.poll(TICK_S * 1000) or self._stopping.is_set():
-                continue
-            try:
-                buf = os.read(self._notif_fd, fan.READ_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError as e:
-                log.exception("gate_watch_read_failed", error=str(e))
-                return
-            if not buf or self._marker is None:
-                return
-            try:
-                events = fan.parse(buf)
-                # New directories first: until marked, opens inside them escape the gate.
-                premarked = self._marker.mark_new_dirs(events)
-                # Then attribute, before anything slower: the actor is not blocked and may be
-                # gone within a millisecond (an `mv` from a shell).
-                actors = {e.pid: self._actor(e.pid) for e in events}
-                for change in self._marker.handle(events, premarked):
-                    self._record_change(change, *actors[change.pid])
-            except Exception as e:  # keep watching: a lost change is counted, not fatal
-                self._n[5] += 1
-                log.exception("gate_watch_failed", error=str(e))
+        if self._watcher is not None:
+            self._watcher.run(self._stopping)
 
-    def _actor(self, pid: int) -> tuple[int, int | None, Attribution | None]:
-        """uid, loginuid and (for a technician) the full attribution of a change's actor."""
-        if pid in self._own:
-            return -1, None, None
-        uid = attr.uid_of(pid)
-        if uid < 0:
-            self._n[7] += 1  # gone before we looked: cannot tell who it was
-            return -1, None, None
-        loginuid = attr.loginuid_of(pid)
-        kind, _ = self._state.ids.classify(uid, loginuid)
-        if kind is not SubjectKind.TECHNICIAN:
-            return uid, loginuid, None
-        return uid, loginuid, self._enricher.attribute(pid, uid, loginuid)
+    def _decide_change(self, subject: Subject, path: str, action: Action, at: datetime) -> Decision:
+        return self._state.policy.decide(subject, path, action, at, self._grants)
 
-    def _record_change(
-        self, change: DirEntryChange, uid: int, loginuid: int | None, who: Attribution | None
-    ) -> None:
-        if who is None:
-            return
-        mask, path, is_dir = change.mask, change.path, change.is_dir
-        state = self._state
-        if mask & fan.FAN_DELETE:
-            action = Action.DELETE
-        elif mask & (fan.FAN_MOVED_TO | fan.FAN_MOVED_FROM):
-            action = Action.RENAME
-        else:
-            action = Action.CREATE
-        now = self._clock()
-        subject = Subject(who.account, who.login_account, who.exe or None)
-        at = datetime.fromtimestamp(now / 1e9, tz=UTC)
-        decision = state.policy.decide(subject, path, action, at, self._grants)
-        what = "directory" if is_dir else "entry"
-        decision = replace(
-            decision,
-            reason=f"{decision.reason} (recorded after the fact: fanotify cannot gate a "
-            f"{action.value} of a {what})",
-        )
-        self._n[6] += 1
-        self._sink.record(self._record(who, path, action, decision, -1, None, now, enforcing=False))
+    def _classify(self, uid: int, loginuid: int | None) -> SubjectKind:
+        return self._state.ids.classify(uid, loginuid)[0]
 
 
 def _identities(policy: GatePolicy) -> Identities:

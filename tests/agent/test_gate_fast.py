@@ -4,6 +4,8 @@ answered (batched responses), and mount marks."""
 from __future__ import annotations
 
 import pwd
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 
 from agent.marks import MarkRefused
 from agent.records import AccessRecord
-from policies.model import Verdict
+from policies.model import Action, Verdict
 from tests.agent.conftest import (
     STAFF,
     TECH,
@@ -115,3 +117,37 @@ def test_a_stopped_gate_holds_back_nothing_in_the_area(
     # Stopped: the groups are gone, so this process may open anything in the area.
     assert (root / "secret/f.txt").read_bytes() == b"patient record\n"
     assert [p.name for p in (root / "secret").iterdir()] == ["f.txt"]
+
+
+def test_an_exec_is_gated_as_an_exec_not_as_a_read(
+    workdir: Path, accounts: dict[str, pwd.struct_passwd], make_gate: GateFactory
+) -> None:
+    root = area(workdir / "area")
+    prog = root / "allowed" / "prog"
+    shutil.copy("/bin/true", prog)
+    prog.chmod(0o755)
+    _, _, sink = make_gate(root)  # the technician may read and list `allowed/`, not exec
+
+    def run(user: pwd.struct_passwd) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                "setpriv",
+                f"--reuid={user.pw_uid}",
+                f"--regid={user.pw_gid}",
+                "--clear-groups",
+                str(prog),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S,
+            check=False,
+        )
+
+    denied = run(accounts[TECH])
+    assert denied.returncode != 0
+    assert "Operation not permitted" in denied.stderr
+    rec = sink.wait_for(_denied)
+    assert rec.action is Action.EXEC
+    assert rec.path == str(prog)
+    assert run(accounts[STAFF]).returncode == 0
+    assert run_opener("r", str(prog), user=accounts[TECH]) == ["ok"]  # reading it is in scope
