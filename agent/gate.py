@@ -35,7 +35,7 @@ from agent import fanotify as fan
 from agent.identities import Identities, resolve
 from agent.marks import GateError, MarkChoice, Marker, PathMap, RootPlan, plan
 from agent.records import AccessRecord, Attribution, EventSink
-from agent.tasks import Entry, TaskTable
+from agent.tasks import Entry, TaskTable, raise_fd_limit
 from agent.watch import ChangeWatcher
 from policies.model import Action, Decision, Grant, Subject, SubjectKind, Verdict
 
@@ -205,6 +205,7 @@ class Gate:
     def start(self) -> None:
         """Create both groups, start the threads, place the marks (returns once placed)."""
         plans = plan(self._roots, marks=self._marks)
+        raise_fd_limit()  # every queued event takes an fd, every opener's thread up to three
         try:
             self._fd = fan.init(INIT_FLAGS | fan.FAN_REPORT_TID, EVENT_FD_FLAGS)
         except fan.FanotifyError:

@@ -18,9 +18,12 @@ the journal's, the watchdog's, not only the main one.
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 
-MAX_TASKS = 2048  # entries kept; the oldest is closed when a new thread appears
+MAX_TASKS = 1024  # entries kept (up to 3 fds each); the oldest closed when a thread appears
+FD_LIMIT = 65536  # soft RLIMIT_NOFILE the gate asks for: event fds and these handles
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _FLAGS = os.O_RDONLY | os.O_CLOEXEC
 
@@ -45,17 +48,31 @@ class TaskTable:
         self.opened = 0  # entries opened since start (misses)
 
     def open(self, tid: int) -> Entry | None:
-        """Open (or re-open) the handles of `tid`; None when it is gone or unreadable."""
+        """Open (or re-open) the handles of `tid`; None when it is gone or unreadable.
+
+        Out of file descriptors, the older half of the table is closed and the open tried
+        once more: a full table must never read as "that thread is gone".
+        """
         self.drop(tid)
         try:
-            dfd = os.open(f"/proc/{tid}", _DIR_FLAGS)
+            return self._open(tid)
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE):
+                return None
+        for old in list(self.entries)[: len(self.entries) // 2 + 1]:
+            self.drop(old)
+        try:
+            return self._open(tid)
         except OSError:
             return None
+
+    def _open(self, tid: int) -> Entry:
+        dfd = os.open(f"/proc/{tid}", _DIR_FLAGS)
         try:
             lfd = os.open("loginuid", _FLAGS, dir_fd=dfd)
         except OSError:
             os.close(dfd)
-            return None
+            raise
         own = 1 if os.path.exists(self._self_tasks + str(tid)) else 0  # noqa: PTH110 - str in, per new thread
         entries = self.entries
         while len(entries) >= self._limit:
@@ -92,3 +109,14 @@ class TaskTable:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+
+def raise_fd_limit(want: int = FD_LIMIT) -> int:
+    """Raise this process's soft RLIMIT_NOFILE towards `want` (never above the hard limit);
+    returns the soft limit now. systemd starts services with a soft limit of 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft

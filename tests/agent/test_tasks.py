@@ -77,3 +77,40 @@ def test_the_table_is_bounded_and_closes_what_it_evicts() -> None:
             c.wait()
         table.close()
     assert len(table) == 0
+
+
+EXHAUST = r"""
+import os, resource, subprocess, sys
+from agent.tasks import TaskTable, raise_fd_limit
+kids = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) for _ in range(5)]
+try:
+    table = TaskTable()
+    for k in kids[:4]:
+        assert table.open(k.pid) is not None
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    held = []
+    try:
+        while True:
+            held.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    entry = table.open(kids[4].pid)  # out of fds: older entries go, the new one is opened
+    print("opened" if entry is not None else "gone", len(table))
+    for fd in held:
+        os.close(fd)
+    print("limit", raise_fd_limit(512))
+finally:
+    for k in kids:
+        k.kill()
+"""
+
+
+def test_out_of_file_descriptors_evicts_rather_than_taking_a_live_thread_for_gone() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", EXHAUST], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.splitlines()
+    assert first.split()[0] == "opened"
+    assert int(first.split()[1]) <= 3
+    assert second == "limit 512"
