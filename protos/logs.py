@@ -15,6 +15,20 @@ import structlog
 LogFormat = Literal["auto", "json", "console"]
 
 
+class _CurrentStderr:
+    """Writes to whatever `sys.stderr` is at the time of each line, not when configured.
+
+    Binding the stream once would keep writing to a stream that was later replaced and
+    closed (a test's captured stderr, a daemon's redirected one).
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str = "info", fmt: LogFormat = "auto") -> None:
     """Configure structlog for the whole process; safe to call more than once."""
     numeric = logging.getLevelName(level.upper())
@@ -36,6 +50,6 @@ def configure(level: str = "info", fmt: LogFormat = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
