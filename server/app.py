@@ -36,6 +36,7 @@ from protos.evidence.note import NoteSigner
 from protos.wire import pb, rpc
 from server import access_service, enrol
 from server.datadir import DataDir
+from server.detect.service import TICK_SECONDS, DetectionRuntime
 from server.ingest import AgentChannelService
 from server.push import PushingChannel
 from server.query import QueryService
@@ -45,6 +46,7 @@ from server.tls import server_credentials
 
 if TYPE_CHECKING:
     from server.console.app import ConsoleOptions, RunningConsole
+    from server.detect.engine import Detector
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -77,6 +79,7 @@ class ServerOptions:
     database_url: str | None = None  # None: SQLite in the data directory
     limits: Limits = field(default_factory=Limits)
     console: ConsoleOptions | None = None  # None: no web console
+    detect_seconds: float = TICK_SECONDS  # how often the detector's periodic checks run
 
     def enrol_address(self) -> str:
         """Where Enrollment is served."""
@@ -97,6 +100,7 @@ class Runtime:
         self.signer = NoteSigner(SERVER_KEY_NAME, load_private_key(data.signing_key))
         self.ca = enrol.KeyAndCert(data.read(data.ca_key), data.read(data.ca_cert))
         self.server_fingerprint = enrol.fingerprint(data.read(data.server_cert))
+        self.detector: Detector | None = None  # set once detection is open; ingest feeds it
 
     async def db(self, fn: Callable[..., T], *args: object) -> T:
         """Run a store call on the database thread."""
@@ -231,6 +235,7 @@ class Running:
     enrol_port: int
     runtime: Runtime
     access: access_service.AccessRuntime
+    detection: DetectionRuntime
     console: RunningConsole | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -239,6 +244,7 @@ class Running:
         if self.console is not None:
             await self.console.stop()
         await self.access.stop()
+        await self.detection.stop()
         await asyncio.gather(self.main.stop(grace), self.enrolment.stop(grace))
 
 
@@ -261,6 +267,15 @@ async def start(options: ServerOptions, db: ThreadPoolExecutor) -> Running:
 
     main = grpc.aio.server(options=grpc_options, maximum_concurrent_rpcs=options.limits.max_streams)
     jit = access_service.install(rt, main)  # the Access servicer and its pusher
+    detection = await DetectionRuntime.open(
+        rt,
+        lambda: sorted(jit.core.store.agreement_heads()),
+        jit.core.agreements.current,
+        database_url=url,
+        period_s=options.detect_seconds,
+    )
+    rt.detector = detection.detector
+    jit.pusher.agreement_listeners.append(detection.agreement_changed)
     rpc.add_AgentChannelServicer_to_server(
         PushingChannel(AgentChannelService(rt), jit.pusher), main
     )
@@ -279,6 +294,7 @@ async def start(options: ServerOptions, db: ThreadPoolExecutor) -> Running:
     await main.start()
     await enrolment.start()
     jit.start()
+    detection.start()
     for service in (
         "",
         "custodes.v1.AgentChannel",
@@ -292,7 +308,9 @@ async def start(options: ServerOptions, db: ThreadPoolExecutor) -> Running:
         from server.console import app as console_app  # noqa: PLC0415 - aiohttp only when used
 
         console = await console_app.start(rt, jit, options.console)
-    return Running(main, enrolment, health_servicer, main_port, enrol_port, rt, jit, console)
+    return Running(
+        main, enrolment, health_servicer, main_port, enrol_port, rt, jit, detection, console
+    )
 
 
 async def serve(options: ServerOptions) -> None:

@@ -85,6 +85,13 @@ def register(groups: Subparsers) -> None:
         help="per-agent ingest rate, with a burst of twice as many "
         f"(default {defaults.events_per_second:.0f})",
     )
+    run.add_argument(
+        "--detect-seconds",
+        type=float,
+        default=30.0,
+        help="how often the possible-breach checks run (silent agents, integrity, reminders; "
+        "events are checked as they arrive) (default 30)",
+    )
     run.set_defaults(func=_run)
 
     token = commands.add_parser("enroll-token", help="print a single-use enrolment token")
@@ -221,6 +228,7 @@ def _run(args: argparse.Namespace) -> int:
         database_url=database_url(data, args.database),
         console=_console_options(args),
         limits=_limits(args),
+        detect_seconds=_detect_seconds(args.detect_seconds),
     )
     _check_address(options.listen)
     asyncio.run(serve(options))
@@ -252,6 +260,15 @@ def _limits(args: argparse.Namespace) -> Limits:
         events_per_second=rate,
         burst_events=max(int(rate * 2), args.max_batch_events),
     )
+
+
+def _detect_seconds(value: float) -> float:
+    if not 0.05 <= value <= 3600:
+        raise UsageError(
+            f"--detect-seconds {value:g} is out of range; expected 0.05..3600",
+            hint="the default, 30 seconds, suits a production server",
+        )
+    return value
 
 
 def _console_options(args: argparse.Namespace) -> ConsoleOptions | None:

@@ -381,7 +381,18 @@ class Ingest:
         for k in p.learnt:
             log.info("agent_key_learnt", agent=agent_id, epoch=k.epoch, valid_from=k.valid_from)
         self.logs.append(agent_id, p.records, p.leaves)
+        self._detect(p.records)
         return next_seq
+
+    def _detect(self, records: Sequence[StoredRecord]) -> None:
+        """Hand committed records to the detector; a failure leaves them to its catch-up."""
+        detector = self.rt.detector
+        if detector is None or not records:
+            return
+        try:
+            detector.on_committed(records, time.time())
+        except Exception as exc:  # stored evidence must be acked regardless
+            log.exception("detect_failed", agent=records[0].agent_id, error=repr(exc)[:300])
 
     def ack(self, state: StreamState, batch_id: int, next_seq: int) -> pb.Ack:
         """The server's signed checkpoint at `next_seq` and a proof from what was witnessed."""
@@ -558,12 +569,12 @@ class AgentChannelService(rpc.AgentChannelServicer):
                     return
                 await work.put(prepared)
             elif which == "heartbeat":
-                await self.rt.db(
-                    self.rt.store.touch_agent,
-                    name,
-                    int(time.time()),
-                    message.heartbeat.SerializeToString(),
-                )
+                beat = message.heartbeat.SerializeToString()
+                await self.rt.db(self.rt.store.touch_agent, name, int(time.time()), beat)
+                if self.rt.detector is not None:
+                    await self.rt.db(
+                        self.rt.detector.on_heartbeat, name, state.client, beat, time.time()
+                    )
             elif which == "witness":
                 w = message.witness
                 log.error("server_log_disputed", agent=name, problem=w.problem[:500])

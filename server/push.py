@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -111,6 +111,9 @@ class Pusher:
         self.key = key
         self.streams = Broadcaster()
         self._heads: dict[str, int] | None = None
+        # Called with the client whenever its stored agreement version is first seen or
+        # changes (the detector follows the current agreement through this).
+        self.agreement_listeners: list[Callable[[str], Awaitable[None]]] = []
 
     async def connected(self, client: str, agent_id: str, queue: Outbox) -> Callable[[], None]:
         """Attach an agent's stream and queue its sync; returns the function that detaches it.
@@ -139,9 +142,12 @@ class Pusher:
         """Publish the current agreement of every client whose version changed; how many."""
         heads = await self.rt.db(self.access.agreement_heads)
         previous, self._heads = self._heads, heads
+        changed = [c for c, i in heads.items() if previous is None or previous.get(c) != i]
+        for client in changed:
+            for listener in self.agreement_listeners:
+                await listener(client)
         if previous is None:
             return 0  # the first look: connected agents got the current one at sync
-        changed = [c for c, i in heads.items() if previous.get(c) != i]
         for client in changed:
             current = await self.rt.db(self.access.current_agreement, client)
             if current is None:

@@ -69,6 +69,19 @@ class Detector:
         self.rules = Rules({c: ClientView.of(a) for c, a in agreements.items()}, self.state)
         self.entities = {c: entity_of(a) for c, a in agreements.items()}
 
+    def use_agreement(self, compiled: CompiledAgreement) -> bool:
+        """Evaluate the client's events under `compiled` from now on; False if already in use.
+
+        Rule state (bulk windows, grants) is kept; only thresholds, areas and the entity
+        change. Call it on the database thread, like everything else here.
+        """
+        view = self.rules.views.get(compiled.client)
+        if view is not None and view.agreement is compiled:
+            return False
+        self.rules.views = {**self.rules.views, compiled.client: ClientView.of(compiled)}
+        self.entities[compiled.client] = entity_of(compiled)
+        return True
+
     # -- the seam -------------------------------------------------------------------------
 
     def on_committed(self, records: Sequence[StoredRecord], received_unix: float) -> list[Incident]:
