@@ -8,7 +8,7 @@ Health Records Act 2012 routes the notification to the System Operator as well.
 
 from __future__ import annotations
 
-from server.incidents.model import Incident
+from server.incidents.model import Incident, State
 from server.incidents.register import iso
 
 # Recommended steps by kind of information, in plain words for the people affected.
@@ -42,14 +42,41 @@ _GENERAL = (
 )
 
 
+def heading(inc: Incident) -> tuple[str, str]:
+    """The statement's title and what it calls the breach, as the assessment decided it.
+
+    Undecided: a draft about a suspected eligible breach; eligible: the s 26WK draft; not
+    eligible or remediated (s 26WF): a record that says no statement is required.
+    """
+    outcome = None if inc.decision is None else inc.decision.outcome
+    act = "(Privacy Act 1988 s 26WK)"
+    if outcome is State.ELIGIBLE:
+        return f"DRAFT statement about an eligible data breach {act} — {inc.label}", (
+            "eligible data breach"
+        )
+    if outcome in (State.NOT_ELIGIBLE, State.REMEDIATED):
+        why = (
+            "remedial action was taken in time (s 26WF)"
+            if outcome is State.REMEDIATED
+            else "serious harm is not likely (s 26WG)"
+        )
+        return (
+            f"NOT an eligible data breach — {inc.label}: assessed not eligible because {why}; "
+            f"no statement to the Commissioner is required {act}. Kept as the record.",
+            "data breach (assessed not eligible)",
+        )
+    return (
+        f"DRAFT statement about a suspected eligible data breach {act} — {inc.label} "
+        "(not yet assessed: the assessment decides whether a statement is required)",
+        "suspected eligible data breach",
+    )
+
+
 def draft(inc: Incident) -> str:
     """The draft statement as plain text (to review before it is given)."""
     e = inc.entity
-    lines = [
-        f"DRAFT statement about an eligible data breach (Privacy Act 1988 s 26WK) — {inc.label}",
-        "",
-        "1. Identity and contact details of the entity",
-    ]
+    title, noun = heading(inc)
+    lines = [title, "", "1. Identity and contact details of the entity"]
     if e is None:
         lines.append(f"   Entity: client {inc.client} (no agreement was loaded when raised)")
     else:
@@ -59,7 +86,7 @@ def draft(inc: Incident) -> str:
         )
     lines += [
         "",
-        "2. Description of the eligible data breach",
+        f"2. Description of the {noun}",
         f"   {inc.summary}.",
         f"   First evidence: {iso(inc.first_unix)}; latest evidence: {iso(inc.last_unix)}.",
         f"   The entity became aware on {iso(inc.aware_unix)} (assessment due "

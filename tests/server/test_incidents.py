@@ -198,7 +198,7 @@ def test_statement_has_the_parts_s26wk_requires() -> None:
         "Harbourside General Practice",
         "ABN 51824753556",
         "privacy@harbourside-gp.example",
-        "Description of the eligible data breach",
+        "Description of the suspected eligible data breach",
         "akaur read 60 distinct",
         "Kinds of information concerned",
         "health, medicare, contact",
@@ -208,6 +208,37 @@ def test_statement_has_the_parts_s26wk_requires() -> None:
     ):
         assert part in text, part
     assert "System Operator" not in statement.draft(incident())
+
+
+@pytest.mark.parametrize(
+    ("outcome", "title", "section"),
+    [
+        (None, "DRAFT statement about a suspected eligible data breach", "suspected eligible"),
+        (State.ELIGIBLE, "DRAFT statement about an eligible data breach", "eligible data breach"),
+        (State.NOT_ELIGIBLE, "NOT an eligible data breach", "data breach (assessed not"),
+        (State.REMEDIATED, "NOT an eligible data breach", "data breach (assessed not"),
+    ],
+)
+def test_statement_heading_follows_the_decision(
+    outcome: State | None, title: str, section: str
+) -> None:
+    inc = assessed()
+    if outcome is not None:
+        inc, _ = a.decide(inc, "Dr Tran", T0 + 100, outcome, ["the reason"])
+    first, *rest = statement.draft(inc).splitlines()
+    assert first.startswith(title)
+    assert f"2. Description of the {section}" in "\n".join(rest)
+    if outcome in (State.NOT_ELIGIBLE, State.REMEDIATED):
+        assert "no statement to the Commissioner is required" in first
+        assert "eligible data breach" not in first.replace("NOT an eligible data breach", "")
+    if outcome is State.REMEDIATED:
+        assert "s 26WF" in first
+
+
+def test_statement_of_a_closed_not_eligible_incident_still_says_not_eligible() -> None:
+    inc, _ = a.decide(assessed(), "Dr Tran", T0 + 100, State.NOT_ELIGIBLE, ["no harm"])
+    inc, _ = a.close(inc, "Dr Tran", T0 + 400, "done")
+    assert statement.draft(inc).startswith("NOT an eligible data breach")
 
 
 def test_factor_catalogue_is_s26wg() -> None:

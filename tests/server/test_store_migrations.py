@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -37,11 +38,18 @@ def tables(url: str) -> set[str]:
     return {r[0] for r in rows}
 
 
+def migration_files() -> int:
+    """How many schema versions the migration directory holds, counted from the file names
+    (independently of the loader, so a file the loader skipped is still counted)."""
+    directory = Path(migrations.__file__).parent
+    return len({p.name[:4] for p in directory.glob("[0-9][0-9][0-9][0-9]_*.sql")})
+
+
 def test_empty_database_migrates_to_the_latest_schema(store_url: str) -> None:
     store = open_store(store_url, migrate=False)
     assert store.schema_version() == 0
     store.migrate()
-    assert store.schema_version() == LATEST
+    assert store.schema_version() == migration_files() == LATEST
     store.close()
     assert tables(store_url) >= TABLES  # other components add their own tables
 
