@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from agent.marks import MarkRefused
 from agent.observe import REASON, Monitor
+from agent.records import AccessRecord
 from policies.model import Action, Verdict
 from tests.agent.conftest import FakePolicy, FakeSink
 
@@ -30,6 +32,10 @@ def monitor(workdir: Path) -> Iterator[tuple[Monitor, FakeSink, Path]]:
         m.stop()
 
 
+def _is(action: Action, rec: AccessRecord) -> bool:
+    return rec.action is action
+
+
 def test_create_write_read_rename_delete_are_recorded_not_enforced(
     monitor: tuple[Monitor, FakeSink, Path],
 ) -> None:
@@ -40,7 +46,7 @@ def test_create_write_read_rename_delete_are_recorded_not_enforced(
     f.rename(area / "secret" / "moved.txt")
     (area / "secret" / "moved.txt").unlink()
     for action in (Action.CREATE, Action.WRITE, Action.READ, Action.RENAME, Action.DELETE):
-        rec = sink.wait_for(lambda r, a=action: r.action is a)
+        rec = sink.wait_for(functools.partial(_is, action))
         assert not rec.enforcing
         assert rec.decision.rule == "monitor"
         assert rec.decision.reason == REASON
