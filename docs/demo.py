@@ -7,25 +7,40 @@
    allowed one access and denied another; the journal and the signed checkpoint verify; the
    events arrive at the server verified; the evidence is exported and verified offline.
    Without root the agent cannot gate: the demo says so and runs the agent in monitor mode.
+3. Possible breaches: the out-of-scope attempt and a bulk read of backups raise one incident
+   each (with the s 26WH due date); the incidents, a draft s 26WK statement and the breach
+   register are printed.
+4. The audit console, served by the same server: the demo practice manager gets a password,
+   the demo signs in as her and checks the request, the incidents and the statement are
+   there, and prints the address and the sign-in.
 
 Everything lives under a fresh temporary directory and every process the demo starts is
-stopped by PID at the end. Nothing here is needed by the product; it only shows it.
+stopped by PID at the end. With CUSTODES_DEMO_KEEP=1 the server (and its console) keeps
+running so a person can sign in; the demo prints its PID and how to stop it.
+Nothing here is needed by the product; it only shows it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import pwd
+import re
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +49,11 @@ AGREEMENTS = sorted((ROOT / "policies" / "agreements").glob("*.yaml"))
 GP = ROOT / "policies" / "agreements" / "harbourside-gp.yaml"
 DEMO_ACCOUNT = "custodes-demo-jsmith"
 STEP_TIMEOUT = 60
+CLIENT = "harbourside-gp"
+MANAGER = "mei.tran"  # the practice manager (an approver of the client)
+BULK_FILES = 5  # the demo agreement's bulk-read threshold (distinct files in 10 minutes)
+BACKUPS = 8  # the nightly backups the technician reads in the bulk-read story
+KEEP = os.environ.get("CUSTODES_DEMO_KEEP") == "1"
 
 
 def banner(text: str) -> None:
@@ -162,21 +182,35 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
 
 
 @contextlib.contextmanager
-def background(args: Sequence[str | Path], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a long-running process; stop it by PID (SIGTERM, then SIGKILL) on exit."""
+def background(
+    args: Sequence[str | Path], log: Path, *, keep: bool = False
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a long-running process; stop it by PID (SIGTERM, then SIGKILL) on exit, unless
+    `keep` and the demo got that far without an error (then it is left running)."""
     fh = log.open("wb")
-    proc = subprocess.Popen([str(a) for a in args], stdout=fh, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(a) for a in args], stdout=fh, stderr=subprocess.STDOUT, start_new_session=keep
+    )
     try:
         yield proc
+    except BaseException:
+        stop(proc)
+        raise
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
         fh.close()
+    if not keep:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a process the demo started, by its PID: SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
 
 
 @contextlib.contextmanager
@@ -215,13 +249,16 @@ def demo_agreement(practice: Path) -> str:
         '    start: "00:00"\n'
         '    end: "23:59"\n'
     )
-    return (
-        text[:hours_start]
-        + every_day
-        + text[hours_end:].replace(
-            "holidays: [2025-12-25, 2025-12-26, 2026-01-01, 2026-01-26]", "holidays: []"
-        )
+    rest = text[hours_end:].replace(
+        "holidays: [2025-12-25, 2025-12-26, 2026-01-01, 2026-01-26]", "holidays: []"
     )
+    # A bulk read is more than BULK_FILES distinct files in 10 minutes (50 in the real one),
+    # so the demo shows one with a handful of backups.
+    bulk = "  bulk_read:\n    files: 50\n"
+    if bulk not in rest:
+        raise SystemExit("demo: the Harbourside agreement no longer has a bulk_read of 50 files")
+    rest = rest.replace(bulk, f"  bulk_read:\n    files: {BULK_FILES}\n")
+    return text[:hours_start] + every_day + rest
 
 
 def as_technician(entry: pwd.struct_passwd, path: Path) -> str:
@@ -262,6 +299,9 @@ def system_story(work: Path) -> None:
     letter.write_text("Referral for patient 0042 (fictional).\n")
     backup = practice / "backups/bestpractice/2026-11-20.bak"
     backup.write_text("fictional nightly dump\n")
+    backups = [practice / f"backups/bestpractice/2026-11-{d:02d}.bak" for d in range(1, 9)]
+    for path in backups[:BACKUPS]:
+        path.write_text("fictional nightly dump\n")
     for p in practice.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
     practice.chmod(0o755)
@@ -270,6 +310,9 @@ def system_story(work: Path) -> None:
     agreement.write_text(demo_agreement(practice))
     data, state = work / "server-data", work / "agent-state"
     port = free_port()
+    console_port = free_port()
+    while abs(console_port - port) <= 1:
+        console_port = free_port()
 
     banner("The MSP's server: CA, certificates and signing key on first start (SQLite)")
     run([BIN, "server", "init", "--data", data])
@@ -286,12 +329,18 @@ def system_story(work: Path) -> None:
                     data,
                     "--listen",
                     f"127.0.0.1:{port}",
+                    "--console",
+                    f"127.0.0.1:{console_port}",
                 ],
                 work / "server.log",
+                keep=KEEP,
             )
         )
         wait_for_port(port, server, "server")
         print(f"  server listening on 127.0.0.1:{port} (mTLS) and :{port + 1} (enrolment)")
+
+        banner("The practice's service agreement is applied on the server")
+        run([BIN, "server", "agreement", "apply", agreement, "--data", data])
 
         banner("Enrol the practice server's agent with a single-use token")
         run(
@@ -354,15 +403,14 @@ def system_story(work: Path) -> None:
                 work / "agent.log",
             )
         )
-        wait_for_marks(agent, enforcing)
+        wait_for_marks(agent, work / "agent.log")
 
+        request_id: str | None = None
         if account is not None:
             banner("A technician checks the backup (in scope) and opens a letter (out of scope)")
             as_technician(account, backup)
             as_technician(account, letter)
-            jit_story(
-                work, data=data, port=port, account=account, letter=letter, agreement=agreement
-            )
+            request_id = jit_story(work, data=data, port=port, account=account, letter=letter)
         time.sleep(1.5)  # one group commit and one shipping round
 
         banner("The agent's journal verifies, and its latest signed checkpoint")
@@ -397,6 +445,15 @@ def system_story(work: Path) -> None:
             [BIN, "evidence", "verify", export, "--agent-checkpoint", work / "agent-checkpoint.txt"]
         )
 
+        incidents = incident_story(data, account, backups)
+        console_story(data, console_port, request_id, incidents)
+        if KEEP:
+            print(
+                f"\n  The server keeps running (PID {server.pid}) with its console at "
+                f"https://127.0.0.1:{console_port}/ ; stop it with: kill {server.pid}",
+                flush=True,
+            )
+
 
 def jit_story(
     work: Path,
@@ -405,14 +462,15 @@ def jit_story(
     port: int,
     account: pwd.struct_passwd,
     letter: Path,
-    agreement: Path,
-) -> None:
-    """Just-in-time access: request with a ticket, the practice manager approves, revoke."""
-    banner("The agreement is applied on the server; people log in with single-use tokens")
-    run([BIN, "server", "agreement", "apply", agreement, "--data", data])
+) -> str:
+    """Just-in-time access: request with a ticket, the practice manager approves, revoke.
+
+    Returns the request's id.
+    """
+    banner("People log in with single-use tokens: a technician and the practice manager")
     people = {
         "jsmith": ["--role", "technician"],
-        "mei.tran": ["--role", "approver", "--client", "harbourside-gp"],
+        MANAGER: ["--role", "approver", "--client", CLIENT],
     }
     for name, role in people.items():
         token = run([BIN, "server", "user", "add", name, *role, "--data", data], quiet=True).strip()
@@ -444,6 +502,169 @@ def jit_story(
     as_technician(account, letter)
     time.sleep(1.5)  # the agent ships what it journaled under the grant
     access("mei.tran", "show", request_id)
+    return request_id
+
+
+def incident_story(data: Path, account: pwd.struct_passwd | None, backups: list[Path]) -> list[str]:
+    """The out-of-scope attempt and a bulk read raise incidents; list, statement, register.
+
+    Returns the incidents' ids.
+    """
+    if account is None:
+        banner("Not root: no technician acts on this machine, so no incident is raised")
+    else:
+        banner(
+            f"A technician reads {len(backups)} nightly backups in a few seconds: more than the "
+            f"agreement's {BULK_FILES} distinct files in 10 minutes (a bulk read)"
+        )
+        as_technician_all(account, backups)
+        banner("Possible breaches: one incident per situation, with the s 26WH due date")
+        wait_for_incidents(data, {"access_denied", "bulk_read"})
+    run([BIN, "incidents", "list", "--data", data])
+    listed = incidents_json(data)
+    ids = [str(i["id"]) for i in listed]
+    bulk = next((str(i["id"]) for i in listed if i["rule"] == "bulk_read"), None)
+    if bulk is not None:
+        banner(f"The draft statement to the Commissioner (s 26WK) for {bulk}")
+        run([BIN, "incidents", "statement", bulk, "--data", data])
+    banner("The breach register the practice's policy promises (CSV)")
+    run([BIN, "incidents", "register", "--format", "csv", "--data", data])
+    return ids
+
+
+def as_technician_all(entry: pwd.struct_passwd, paths: Sequence[Path]) -> None:
+    """Read each of `paths` as the technician's account, in one process."""
+    proc = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={entry.pw_uid}",
+            f"--regid={entry.pw_gid}",
+            "--clear-groups",
+            "head",
+            "-q",
+            "-c",
+            "40",
+            *map(str, paths),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT,
+        check=False,
+    )
+    verdict = "ALLOWED" if proc.returncode == 0 else f"DENIED ({proc.stderr.strip()})"
+    print(f"  {DEMO_ACCOUNT} reads {len(paths)} backups: {verdict}", flush=True)
+
+
+def incidents_json(data: Path) -> list[dict[str, object]]:
+    """`custodes incidents list --json`, quietly."""
+    out = subprocess.run(
+        [str(BIN), "incidents", "list", "--json", "--data", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT,
+        check=False,
+    ).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def wait_for_incidents(data: Path, rules: set[str]) -> None:
+    """Wait (bounded) until incidents of every one of `rules` are stored."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if rules <= {str(i["rule"]) for i in incidents_json(data)}:
+            return
+        time.sleep(0.3)
+    raise SystemExit(f"demo: no incidents of {sorted(rules)} within 20 s")
+
+
+@dataclass
+class Browser:
+    """Just enough of a browser for the demo's check: HTTPS to the console, a cookie jar."""
+
+    port: int
+    ca: Path
+    jar: dict[str, str] = field(default_factory=dict)
+
+    def request(self, method: str, path: str, form: dict[str, str] | None = None) -> str:
+        """One request; returns the body (raises SystemExit on a 4xx/5xx answer)."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=30, context=context)
+        origin = f"https://127.0.0.1:{self.port}"
+        headers = {"Origin": origin} if method == "POST" else {}
+        if self.jar:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.jar.items())
+        body = None
+        if form is not None:
+            body = urllib.parse.urlencode(form)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            text = resp.read().decode("utf-8", "replace")
+        finally:
+            conn.close()
+        for raw in resp.headers.get_all("Set-Cookie") or []:
+            name, _, rest = raw.partition("=")
+            value = rest.split(";", 1)[0]
+            if value:
+                self.jar[name.strip()] = value
+            else:
+                self.jar.pop(name.strip(), None)
+        if resp.status >= 400:
+            raise SystemExit(f"demo: the console answered {resp.status} to {method} {path}")
+        return text
+
+    def sign_in(self, name: str, password: str) -> None:
+        """Sign in through the form (its CSRF token and pre-session cookie)."""
+        token = re.search(r'name="csrf" value="([^"]*)"', self.request("GET", "/signin"))
+        if token is None:
+            raise SystemExit("demo: the console's sign-in form has no CSRF token")
+        self.request(
+            "POST", "/signin", {"csrf": token.group(1), "name": name, "password": password}
+        )
+
+
+def console_story(data: Path, port: int, request_id: str | None, incidents: list[str]) -> None:
+    """Give the practice manager a password, check what she sees, print the sign-in."""
+    banner("The audit console: the practice manager signs in with a password")
+    people = run([BIN, "server", "user", "list", "--data", data], quiet=True)
+    if MANAGER not in people:
+        add = ["user", "add", MANAGER, "--role", "approver", "--client", CLIENT]
+        run([BIN, "server", *add, "--data", data], quiet=True)
+    password = f"demo-{secrets.token_urlsafe(9)}"
+    print(f"$ custodes server user passwd {MANAGER} --stdin --data {data}", flush=True)
+    proc = subprocess.run(
+        [str(BIN), "server", "user", "passwd", MANAGER, "--stdin", "--data", str(data)],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"demo: setting the console password failed: {proc.stderr.strip()}")
+    browser = Browser(port, data / "ca" / "ca.crt")
+    browser.sign_in(MANAGER, password)
+    shown = []
+    if request_id is not None and request_id in browser.request("GET", "/requests"):
+        shown.append(f"request {request_id}")
+    listing = browser.request("GET", "/incidents")
+    shown += [inc for inc in incidents if inc in listing]
+    for inc in incidents[-1:]:
+        if "s 26WK" in browser.request("GET", f"/incidents/{inc}"):
+            shown.append(f"the draft s 26WK statement of {inc}")
+    if "Client access statement" in browser.request("GET", f"/statement?client={CLIENT}"):
+        shown.append("this month's client access statement")
+    missing = ([request_id] if request_id else []) + incidents
+    if any(not any(m in s for s in shown) for m in missing):
+        raise SystemExit(f"demo: the console does not show all of {missing}; it showed {shown}")
+    print(f"  signed in as {MANAGER}; the console shows: {', '.join(shown)}", flush=True)
+    banner("Sign in to the console yourself")
+    print(f"  address:  https://127.0.0.1:{port}/  (the server's own certificate; the CA is")
+    print(f"            {data / 'ca' / 'ca.crt'})")
+    print(f"  sign in:  {MANAGER} / {password}   (the demo practice manager)")
+    if not KEEP:
+        print("  (the demo stops the server at its end; CUSTODES_DEMO_KEEP=1 keeps it running)")
 
 
 def wait_until_read(account: pwd.struct_passwd, path: Path, want: str) -> None:
@@ -458,20 +679,18 @@ def wait_until_read(account: pwd.struct_passwd, path: Path, want: str) -> None:
     raise SystemExit(f"demo: the gate did not answer {want} within 10 s")
 
 
-def wait_for_marks(agent: subprocess.Popen[bytes], enforcing: bool) -> None:
-    """Give the agent a bounded moment to place its marks (or start monitoring)."""
-    deadline = time.monotonic() + (20 if enforcing else 5)
+def wait_for_marks(agent: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait (bounded) until the agent says it started: its marks are placed by then, so the
+    technician's first read is gated and journaled."""
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if agent.poll() is not None:
             raise SystemExit(f"demo: the agent exited early (code {agent.returncode})")
-        if not enforcing:
-            time.sleep(0.5)
-            continue
         with contextlib.suppress(OSError):
-            for fd in Path(f"/proc/{agent.pid}/fdinfo").iterdir():
-                if "fanotify " in fd.read_text():
-                    return
+            if '"agent_started"' in log.read_text(errors="replace"):
+                return
         time.sleep(0.1)
+    raise SystemExit("demo: the agent did not start within 20 s")
 
 
 def wait_for_events(data: Path) -> None:
@@ -499,8 +718,7 @@ def main() -> int:
         system_story(work)
     finally:
         logs = [p for p in (work / "server.log", work / "agent.log") if p.exists()]
-        keep = os.environ.get("CUSTODES_DEMO_KEEP") == "1"
-        if keep:
+        if KEEP:
             print(f"\nDemo files kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
