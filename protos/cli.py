@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 import structlog
 
@@ -26,7 +26,35 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def build_parser(broken: list[str] | None = None) -> argparse.ArgumentParser:
+_GLOBAL_OPTIONS_WITH_VALUE = ("--log-level", "--log-format")
+
+
+def _requested_group(argv: Sequence[str] | None) -> str | None:
+    """The group named on the command line, or None (help, or nothing named yet)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _GLOBAL_OPTIONS_WITH_VALUE:
+            i += 2
+            continue
+        if arg.startswith("-"):
+            if arg in ("-h", "--help"):
+                return None
+            i += 1
+            continue
+        return arg
+    return None
+
+
+def _load_order(ep: EntryPoint) -> tuple[int, str]:
+    # The agent's group first: on a client's server it is the one that must always load.
+    return (0 if ep.name == "agent" else 1, ep.name)
+
+
+def build_parser(
+    broken: list[str] | None = None, argv: Sequence[str] | None = None
+) -> argparse.ArgumentParser:
     """The full argument parser with every installed subcommand group.
 
     A group whose module fails to import is left out and described in `broken`, so that one
@@ -46,7 +74,10 @@ def build_parser(broken: list[str] | None = None) -> argparse.ArgumentParser:
     )
     groups = parser.add_subparsers(dest="group", metavar="GROUP")
     groups.required = True
-    for ep in sorted(entry_points(group="custodes.commands"), key=lambda e: e.name):
+    wanted = _requested_group(argv)
+    for ep in sorted(entry_points(group="custodes.commands"), key=_load_order):
+        if wanted is not None and wanted in groups.choices:
+            break  # only what the command needs: `agent run` never imports the server
         try:
             register: Register = ep.load()
         except Exception as exc:  # isolate each group: report it only if it is the one asked for
@@ -60,7 +91,7 @@ def build_parser(broken: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command and return its exit code; never lets a traceback reach the user."""
     broken: list[str] = []
-    parser = build_parser(broken)
+    parser = build_parser(broken, argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:

@@ -28,3 +28,20 @@ def test_a_group_that_fails_to_import_does_not_break_the_others(
 def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--help"]) == 0
     assert "policy" in capsys.readouterr().out
+
+
+def test_agent_commands_load_neither_the_server_nor_grpc() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from protos import cli\n"
+        "cli.main(['agent', 'checkpoint', '--config', '/nonexistent/agent.toml'])\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'server', 'grpc', 'aiohttp'}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+    assert "cannot read the agent configuration" in out.stderr
