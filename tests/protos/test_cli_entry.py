@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib.metadata import EntryPoint
 
 import pytest
@@ -31,9 +33,6 @@ def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_agent_commands_load_neither_the_server_nor_grpc() -> None:
-    import subprocess
-    import sys
-
     probe = (
         "import sys\n"
         "from protos import cli\n"
