@@ -256,7 +256,7 @@ def converse(
                     call.cancel()
                     break
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+            if exc.code() != grpc.StatusCode.CANCELLED:
                 raise
     return replies
 
