@@ -95,8 +95,9 @@ def midday_zone(now: dt.datetime | None = None) -> str:
     return "UTC" if offset == 0 else f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
 
 
-def agreement_text(base: Path, version: str, probes: int = 0) -> str:
-    """The world's agreement (records out of scope, billing in scope, `probes` areas)."""
+def agreement_text(base: Path, version: str, probes: int = 0, *, bulk: int = BULK_FILES) -> str:
+    """The world's agreement (records out of scope, billing in scope, `probes` areas, a bulk
+    read above `bulk` distinct files)."""
     return AGREEMENT.format(
         client=CLIENT,
         version=version,
@@ -106,7 +107,7 @@ def agreement_text(base: Path, version: str, probes: int = 0) -> str:
         records_per_file=RECORDS_PER_FILE,
         billing_per_file=BILLING_PER_FILE,
         probe_areas="".join(PROBE_AREA.format(n=n, base=base) for n in range(probes)).rstrip(),
-        bulk=BULK_FILES,
+        bulk=bulk,
     )
 
 
