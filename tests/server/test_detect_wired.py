@@ -3,7 +3,8 @@ enrolled agent's hand-made signed batches, the incidents read back through the C
 
 * the Detector follows a new agreement version applied while the server runs;
 * a batch refused for a bad checkpoint signature (an integrity event ingest records) raises
-  an `integrity` incident through the periodic tick.
+  an `integrity` incident through the periodic tick;
+* that incident's webhook (notify.json) is sent, retried after failures, and recorded.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from protos.evidence.note import NoteSigner
 from protos.wire import pb, rpc
 from tests.e2e.incident_world import CLIENT, DetectingServer, agreement_text
 from tests.server.test_ingest_harness import Agent, Chain, cli, enrol_agent
+from tests.server.test_notify import SECRET, Receiver, http_receiver  # noqa: F401 - fixture
 
 WAIT_S = 20.0
 
@@ -154,3 +156,36 @@ def test_a_refused_batch_raises_an_integrity_incident(
     assert [i["rule"] for i in found] == ["integrity"]
     assert "failed verification" in found[0]["description"]
     assert found[0]["client"] == CLIENT
+
+
+def test_the_running_server_notifies_an_opened_incident_and_retries(
+    tmp_path: Path,
+    http_receiver: tuple[str, Receiver],  # noqa: F811 - the imported fixture
+) -> None:
+    url, rx = http_receiver  # answers 503 twice, then checks the signature
+    server = DetectingServer(tmp_path / "data")
+    server.init()
+    config = {"webhooks": [{"url": url, "secret": SECRET.decode()}], "backoff_s": 0.2}
+    (server.data / "notify.json").write_text(json.dumps(config))
+    server.start()
+    try:
+        apply(server, tmp_path, "v1", bulk=10)
+        agent = enrol_agent(server, tmp_path / "agent", "ndb-host-1", CLIENT)
+        chain = Chain(agent)
+        chain.links += extend(GENESIS, 0, billing_reads(agent, server.data, 0, 3))
+        forged = chain.batch(0, 3)
+        forged.checkpoint = chain.checkpoint(3, NoteSigner(agent.cfg.origin, generate_key()))
+        assert answer(agent, server, forged).WhichOneof("msg") == "refusal"
+        data = ("--data", str(server.data))
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline and not any(ok for *_, ok in rx.seen[2:]):
+            time.sleep(0.1)
+        with rx.lock:
+            seen = list(rx.seen)
+        assert len(seen) == 3, seen
+        body = json.loads(seen[-1][2])
+        assert (body["event"], body["rule"], body["client"]) == ("opened", "integrity", CLIENT)
+        shown = json.loads(cli("incidents", "show", "1", "--json", *data).stdout)
+        assert shown["deliveries"] == [["webhook", url, "opened", "sent", 3]]
+    finally:
+        server.kill()
