@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from policies.compile import CompiledAgreement
 from protos.wire import pb
 from server.detect.events import observation
-from server.detect.model import AgentStatus, Finding
+from server.detect.model import OLD_AGREEMENT, AgentStatus, Finding
 from server.detect.rules import ClientView, Rules
 from server.detect.state import RuleState
 from server.incidents.model import UNDECIDED, Entity, Incident
@@ -68,6 +68,10 @@ class Detector:
         self.state = RuleState.load(rows)
         self.rules = Rules({c: ClientView.of(a) for c, a in agreements.items()}, self.state)
         self.entities = {c: entity_of(a) for c, a in agreements.items()}
+        # When each client's agreement version came into use here: heartbeats sampled before
+        # an agent got a new version are not an "old agreement" for one heartbeat bound.
+        started = clock()
+        self._version_since = dict.fromkeys(agreements, started)
 
     def use_agreement(self, compiled: CompiledAgreement) -> bool:
         """Evaluate the client's events under `compiled` from now on; False if already in use.
@@ -80,7 +84,13 @@ class Detector:
             return False
         self.rules.views = {**self.rules.views, compiled.client: ClientView.of(compiled)}
         self.entities[compiled.client] = entity_of(compiled)
+        self._version_since[compiled.client] = self.clock()
         return True
+
+    def _settled(self, client: str, at: float) -> bool:
+        """True once agents of `client` have had a heartbeat bound to pick up its version."""
+        since = self._version_since.get(client)
+        return since is None or at - since > self.rules.thresholds(client).heartbeat_silence_s
 
     # -- the seam -------------------------------------------------------------------------
 
@@ -123,9 +133,13 @@ class Detector:
             hb = pb.Heartbeat.FromString(heartbeat)
         except DecodeError:  # a malformed heartbeat is ignored, not fatal
             return []
-        findings = self.rules.heartbeat_findings(
-            agent_id, client, hb.unix_nanos / 1e9, hb.agreement_version, received_unix
-        )
+        findings = [
+            f
+            for f in self.rules.heartbeat_findings(
+                agent_id, client, hb.unix_nanos / 1e9, hb.agreement_version, received_unix
+            )
+            if f.rule != OLD_AGREEMENT or self._settled(client, received_unix)
+        ]
         return self._commit(findings, {}) if findings else []
 
     def tick(self, now: float | None = None) -> list[Incident]:
@@ -147,7 +161,7 @@ class Detector:
             at,
         )
         for a in agents:
-            if a.last_heartbeat and a.revoked_unix is None:
+            if a.last_heartbeat and a.revoked_unix is None and self._settled(a.client, at):
                 version = _heartbeat_version(a.last_heartbeat)
                 if version:
                     findings += [
@@ -155,7 +169,7 @@ class Detector:
                         for f in self.rules.heartbeat_findings(
                             a.agent_id, a.client, 0.0, version, at
                         )
-                        if f.rule == "old_agreement"
+                        if f.rule == OLD_AGREEMENT
                     ]
         notes = self.incidents.integrity_after(self.state.integrity_cursor)
         findings += self.rules.integrity_findings(notes)

@@ -4,7 +4,9 @@ enrolled agent's hand-made signed batches, the incidents read back through the C
 * the Detector follows a new agreement version applied while the server runs;
 * a batch refused for a bad checkpoint signature (an integrity event ingest records) raises
   an `integrity` incident through the periodic tick;
-* that incident's webhook (notify.json) is sent, retried after failures, and recorded.
+* that incident's webhook (notify.json) is sent, retried after failures, and recorded;
+* (in process) agents get one heartbeat bound to pick up a new agreement version before
+  their heartbeats count as enforcing an old agreement.
 """
 
 from __future__ import annotations
@@ -19,11 +21,16 @@ from typing import Any
 
 import pytest
 
+from policies.compile import CompiledAgreement, compile_agreement
+from policies.load import parse_agreement
 from protos.evidence.chain import GENESIS, extend
 from protos.evidence.keys import generate_key
 from protos.evidence.note import NoteSigner
 from protos.wire import pb, rpc
+from server.detect.engine import Detector
+from server.store import Store
 from tests.e2e.incident_world import CLIENT, DetectingServer, agreement_text
+from tests.server.conftest import agent_row
 from tests.server.test_ingest_harness import Agent, Chain, cli, enrol_agent
 from tests.server.test_notify import SECRET, Receiver, http_receiver  # noqa: F401 - fixture
 
@@ -189,3 +196,34 @@ def test_the_running_server_notifies_an_opened_incident_and_retries(
         assert shown["deliveries"] == [["webhook", url, "opened", "sent", 3]]
     finally:
         server.kill()
+
+
+def compiled(base: Path, version: str) -> CompiledAgreement:
+    text = agreement_text(base, version)
+    return compile_agreement(parse_agreement(text, filename=f"{CLIENT}@{version}"))
+
+
+def test_agents_get_one_heartbeat_bound_to_pick_up_a_new_agreement(
+    store: Store, tmp_path: Path
+) -> None:
+    t0 = float(int(time.time()))
+    now = [t0]
+    detector = Detector(store, {CLIENT: compiled(tmp_path, "v1")}, lambda: now[0])
+    store.add_agent(agent_row("host-1", CLIENT, enrolled_unix=int(t0)))
+    bound = 300.0  # the agreement's heartbeat_silence
+
+    def beat(version: str, at: float) -> list[str]:
+        sample = pb.Heartbeat(unix_nanos=int(at * 1e9), agreement_version=version)
+        store.touch_agent("host-1", int(at), sample.SerializeToString())
+        now[0] = at
+        live = detector.on_heartbeat("host-1", CLIENT, sample.SerializeToString(), at)
+        return [i.rule for i in live + detector.tick(at)]
+
+    assert beat("v1", t0 + bound + 1) == []  # the version in use
+    assert detector.use_agreement(compiled(tmp_path, "v2"))
+    changed = now[0]
+    assert beat("v1", changed + 10) == []  # sampled before the push reached the agent
+    assert beat("v1", changed + bound - 1) == []
+    assert beat("v1", changed + bound + 1) == ["old_agreement", "old_agreement"]
+    assert [i.rule for i in detector.incidents.incidents()] == ["old_agreement"]
+    assert beat("v2", changed + bound + 2) == []
