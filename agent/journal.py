@@ -570,6 +570,12 @@ class Journal:
     def _commit(self, items: list[_Item]) -> None:
         self._last_commit = time.monotonic()
         loss_items = self._loss_records()
+        room = max(1, self._limits.group_events - len(loss_items))
+        if len(items) > room:
+            # A group (and so a shipped batch) holds at most group_events records: the
+            # server refuses a larger batch, and the shipper would resend it forever.
+            self._queue.extendleft(reversed(items[room:]))
+            del items[room:]
         now = self._clock()
         seg = self._segs[-1]
         seq = self._next_seq

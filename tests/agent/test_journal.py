@@ -395,3 +395,28 @@ def test_a_corrupt_length_is_refused_without_reading_it(open_journal, dirs) -> N
     assert "claims 4294967280 bytes" in report.problem
     with pytest.raises(fmt.JournalCorruptError, match="claims"):
         Journal.open(dirs[0], ORIGIN, dirs[1])
+
+
+def test_a_loss_record_never_makes_a_group_larger_than_group_events(open_journal) -> None:
+    gate = threading.Event()
+    stuck = threading.Event()
+
+    def slow_sync(fd: int) -> None:
+        stuck.set()
+        gate.wait(10)
+        os.fdatasync(fd)
+
+    j = open_journal(Limits(queue_events=16, group_events=4), sync=slow_sync)
+    j.record(access(0))
+    assert stuck.wait(10)
+    for i in range(1, 100):  # a full queue (then drops): the next group carries a loss record
+        j.record(access(i))
+    assert j.stats().dropped > 0
+    gate.set()
+    assert j.flush()
+    seq, sizes = 0, []
+    while (batch := j.read_batch(seq, 4, 1 << 20)) is not None:
+        sizes.append(len(batch.links))
+        seq = batch.links[-1].seq + 1
+    assert seq == j.checkpointed
+    assert max(sizes) <= 4  # the server refuses batches above its max_batch_events
