@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.agent.conftest import TECH, accounts  # noqa: F401 - the session fixture
-from tests.console.conftest import CHROMIUM, CHROMIUM_ARGS, screenshot
+from tests.console.conftest import screenshot
 from tests.console.world import PASSWORD, ConsoleServer
 from tests.e2e.jit_world import CLIENT, JitWorld, jit_world
 from tests.server.test_ingest_harness import CUSTODES
@@ -56,33 +56,30 @@ def console_world(accounts: dict[str, pwd.struct_passwd]) -> Iterator[JitWorld]:
 
 
 def test_manager_approves_in_the_browser_and_the_agent_lets_the_technician_in(
-    console_world: JitWorld,
+    console_world: JitWorld, chromium: Any
 ) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    from playwright.sync_api import sync_playwright  # noqa: PLC0415
-
+    # One Playwright per session (the `chromium` fixture): a second sync_playwright() inside
+    # the first one's running loop is refused.
     world = console_world
     assert world.opens() == "EPERM"
     request_id = world.request()
     server = world.server
     assert isinstance(server, ConsoleServer)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page: Any = browser.new_context(ignore_https_errors=True).new_page()
-            page.set_default_timeout(15_000)
-            page.goto(server.console_url + "/signin")
-            page.fill("#name", "mgr")
-            page.fill("#password", PASSWORD)
-            page.click("button[type=submit]")
-            page.wait_for_url(server.console_url + "/")
-            assert CLIENT in page.inner_text("main")
-            page.goto(server.console_url + "/requests")
-            card = page.locator("article.request", has_text=request_id)
-            card.get_by_role("button", name="Approve").click()
-            page.wait_for_selector(".flash.ok")
-            screenshot(page, "grant-approved-for-agent")
-        finally:
-            browser.close()
+    context = chromium.new_context(ignore_https_errors=True)
+    try:
+        page: Any = context.new_page()
+        page.set_default_timeout(15_000)
+        page.goto(server.console_url + "/signin")
+        page.fill("#name", "mgr")
+        page.fill("#password", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(server.console_url + "/")
+        assert CLIENT in page.inner_text("main")
+        page.goto(server.console_url + "/requests")
+        card = page.locator("article.request", has_text=request_id)
+        card.get_by_role("button", name="Approve").click()
+        page.wait_for_selector(".flash.ok")
+        screenshot(page, "grant-approved-for-agent")
+    finally:
+        context.close()
     world.wait_open("ok")
