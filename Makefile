@@ -40,8 +40,22 @@ pytest: venv
 
 test: lint typecheck pytest
 
+# Every figure the README quotes (root for the gate, the JIT loop and the peer comparison).
 bench: venv
-	$(PY) -m bench.run_all
+	$(PY) -m bench.policy_bench
+	$(PY) -m bench.evidence_bench
+	$(PY) -m bench.journal_bench
+	$(PY) -m bench.store_bench
+	$(PY) -m bench.ingest_bench --quick
+	$(PY) -m bench.detect_bench
+	$(PY) -m bench.detect_bench --e2e
+	$(PY) -m bench.jit_bench
+	$(PY) -m bench.console_bench
+	$(PY) -m bench.gate_bench
+	$(PY) -m bench.gate_bench --pin
+	$(PY) -m bench.agent_idle
+	bash bench/peer_gate.sh
+	PIN=same bash bench/peer_gate.sh
 
 clean:
 	rm -rf $(VENV) $(GEN) .mypy_cache .ruff_cache .pytest_cache
