@@ -38,7 +38,9 @@ class Limits(BaseModel):
     watchdog_seconds: float = Field(default=5.0, gt=0, le=600)
     heartbeat_seconds: float = Field(default=30.0, gt=0, le=3600)
     reload_poll_seconds: float = Field(default=1.0, gt=0, le=600)
-    epoch_events: int = Field(default=0, ge=0)  # 0: never rotate the signing key by count
+    # Events per signing-key epoch; the journal rotates by itself. 0: the journal's default
+    # (agent.journal.EPOCH_EVENTS, 100k events).
+    epoch_events: int = Field(default=0, ge=0)
 
 
 class AgentConfig(BaseModel):
@@ -78,7 +80,11 @@ class AgentConfig(BaseModel):
     @property
     def origin(self) -> str:
         """The checkpoint origin line: binds every note to this client and agent."""
-        return f"custodes.agent/{self.client}/{self.agent_id}"
+        # Imported here: protos.evidence loads cryptography, and agent.config is imported by
+        # every agent command, most of which never sign or verify.
+        from protos.evidence.origins import agent_origin  # noqa: PLC0415
+
+        return agent_origin(self.client, self.agent_id)
 
 
 def _paths_to_str(raw: dict[str, object]) -> dict[str, object]:

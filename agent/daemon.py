@@ -177,7 +177,6 @@ class Daemon:
         self._ship_stop = threading.Event()
         self._ship_thread: threading.Thread | None = None
         self._shipper: Shipper | None = None  # heartbeats go out over its stream
-        self._epoch_from = 0  # seq at which the current signing epoch began (this run)
         self._agreement_path = cfg.agreement  # the server's copy once it sent one
         self._server_grants: ServerGrants | None = None
         self._grants_lock = threading.Lock()  # the shipper's thread and the main loop refresh
@@ -304,7 +303,6 @@ class Daemon:
         )
         self._refresh_grants(force=True)
         journal.flush()
-        self._epoch_from = journal.next_seq
         self._start_shipping(journal)
         self._refresh_grants(force=True)  # with the server's grants kept from the last run
         # What start made lives as long as the process: out of the collector's way, so a
@@ -364,7 +362,6 @@ class Daemon:
             if now >= next_beat:
                 next_beat = now + limits.heartbeat_seconds
                 self._heartbeat(meter)
-            self._maybe_rotate_key()
             if self._gate_progressing():
                 sd_notify("WATCHDOG=1")
         self._close(self._stop_reason)
@@ -404,15 +401,6 @@ class Daemon:
         self._shipper = shipper
         self._ship_thread = shipper.run_in_thread(self._ship_stop)
         log.info("shipping_started", server=shipper.server)
-
-    def _maybe_rotate_key(self) -> None:
-        every = self.cfg.limits.epoch_events
-        journal = self._journal
-        if not every or journal is None or journal.next_seq - self._epoch_from < every:
-            return
-        self._epoch_from = journal.next_seq
-        journal.rotate_key()
-        log.info("key_rotation_started", epoch=journal.epoch + 1, at_seq=journal.next_seq)
 
     def _gate_progressing(self) -> bool:
         gate = self.gate

@@ -87,3 +87,13 @@ def test_marks_defaults_to_auto_and_takes_the_four_kinds(tmp_path: Path) -> None
 def test_an_unknown_mark_kind_is_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="marks"):
         parse_config(GOOD + 'marks = "inodes"\n', source=tmp_path / "agent.toml")
+
+
+def test_origin_is_the_evidence_agent_origin(tmp_path: Path) -> None:
+    from protos.evidence.origins import agent_origin  # noqa: PLC0415
+
+    cfg = parse_config(
+        'agent_id = "srv-01"\nclient = "clinic"\nagreement = "a.yaml"\nstate_dir = "s"\n',
+        source=tmp_path / "agent.toml",
+    )
+    assert cfg.origin == agent_origin("clinic", "srv-01") == "custodes.agent/clinic/srv-01"
