@@ -420,3 +420,24 @@ def test_a_loss_record_never_makes_a_group_larger_than_group_events(open_journal
         seq = batch.links[-1].seq + 1
     assert seq == j.checkpointed
     assert max(sizes) <= 4  # the server refuses batches above its max_batch_events
+
+
+@pytest.mark.parametrize("where", ["event", "header"])
+def test_read_batch_refuses_a_changed_byte_in_the_checkpointed_part(
+    open_journal, dirs, where: str
+) -> None:
+    j = open_journal()
+    for i in range(20):
+        j.record(access(i))
+    assert j.flush()
+    assert len(j.read_batch(0, 100, 1 << 20).links) == 20  # type: ignore[union-attr]
+    _, path = fmt.list_segments(dirs[0])[0]
+    data = bytearray(path.read_bytes())
+    # the 5th record: skip the segment header and four whole records
+    offset = fmt.SEG_HEADER.size
+    for _ in range(4):
+        offset += fmt.REC_HEADER.size + fmt.REC_HEADER.unpack_from(data, offset)[0]
+    data[offset + (fmt.REC_HEADER.size + 3 if where == "event" else 6)] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(fmt.JournalCorruptError, match="checkpointed part"):
+        j.read_batch(0, 100, 1 << 20)
