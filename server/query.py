@@ -13,9 +13,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-from collections.abc import AsyncIterator
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -25,7 +29,7 @@ from protos.evidence.merkle import MerkleTree
 from protos.evidence.note import Checkpoint, NoteSigner, parse_checkpoint, verifiers_for
 from protos.evidence.origins import agent_origin, server_log_origin
 from protos.wire import pb, rpc
-from server.datadir import DataDir, write_private
+from server.datadir import DataDir
 from server.store import AgentRow, Store, StoredRecord
 from server.tls import PeerError, peer_from_auth_context
 from server.verify_export import FORMAT, prefix_blocks
@@ -157,49 +161,64 @@ def _link_json(r: StoredRecord) -> dict[str, Any]:
     return {"seq": r.seq, "event": _b64(r.event), "chain_hash": _b64(r.chain_hash)}
 
 
-def _all_events(
+def _window(
     store: Store, agent_id: str, since: int | None, until: int | None
-) -> list[StoredRecord]:
-    rows: list[StoredRecord] = []
+) -> tuple[int, int] | None:
+    """The smallest and largest seq of the agent's events in [since, until), or None.
+
+    Pages through the store and keeps only the two numbers, whatever the number of events.
+    """
+    low: int | None = None
+    high = -1
     after = None
     while True:
         page = store.events(
             agent_id=agent_id, since_nanos=since, until_nanos=until, limit=PAGE, after=after
         )
-        rows.extend(page)
+        for r in page:
+            low = r.seq if low is None or r.seq < low else low
+            high = max(high, r.seq)
         if len(page) < PAGE:
-            return rows
+            return None if low is None else (low, high)
         after = page[-1].cursor
 
 
-def export_document(
+def _records(store: Store, agent_id: str, first: int, end: int) -> Iterator[StoredRecord]:
+    """The agent's records with seq in [first, end), a page at a time."""
+    for at in range(first, end, PAGE):
+        yield from store.records(agent_id, at, min(at + PAGE, end))
+
+
+@dataclass(frozen=True, slots=True)
+class _AgentPart:
+    """One agent's part of the export, its events still to be read: [first, size)."""
+
+    agent_id: str
+    first: int
+    size: int
+    fields: dict[str, Any]  # everything but "events"
+
+
+def _agent_parts(
     store: Store,
     signer: NoteSigner,
     client: str,
     start: dt.datetime | None,
     end: dt.datetime | None,
-) -> dict[str, Any]:
-    """Build the export for `client` over events in [start, end) (all when None)."""
+) -> list[_AgentPart]:
     since = int(start.timestamp() * 1e9) if start else None
     until = int(end.timestamp() * 1e9) if end else None
-    agents_out: list[dict[str, Any]] = []
+    parts: list[_AgentPart] = []
     for agent in store.list_agents(client):
-        every = _all_events(store, agent.agent_id, None, None)
-        by_seq = {r.seq: r for r in every}
-        in_window = [
-            r.seq
-            for r in every
-            if (since is None or r.unix_nanos >= since) and (until is None or r.unix_nanos < until)
-        ]
-        if not in_window and (since or until):
+        window = _window(store, agent.agent_id, since, until)
+        if window is None and (since or until):
             continue
         # A contiguous seq span: events inside it but outside the window (clock steps) stay.
-        first = min(in_window) if in_window else 0
-        size = max(in_window) + 1 if in_window else 0
+        first = window[0] if window else 0
+        size = window[1] + 1 if window else 0
         first, rotations = _key_rotations(store, agent, first)
-        events = [by_seq[s] for s in range(first, size)]
         tree = MerkleTree(store.leaf_hashes(agent.agent_id, 0)[:size])
-        prev = by_seq[first - 1].chain_hash if first else bytes(32)
+        prev = store.records(agent.agent_id, first - 1, first)[0].chain_hash if first else bytes(32)
         prefix = [[a, b, _b64(tree.subtree(a, b))] for a, b in prefix_blocks(first)]
         server_origin = server_log_origin(agent.agent_id)
         note = store.server_checkpoint(agent.agent_id, size)
@@ -213,23 +232,32 @@ def export_document(
             for n in store.agent_checkpoints(agent.agent_id, first + 1 if first else 0)
             if parse_checkpoint(n)[0].size <= size
         ]
-        agents_out.append(
-            {
-                "agent_id": agent.agent_id,
-                "hostname": agent.hostname,
-                "origin": origin,
-                "vkey": _enrolled_vkey(store, agent, origin),
-                "key_rotations": rotations,
-                "first_seq": first,
-                "prev_hash": _b64(prev),
-                "events": [_link_json(r) for r in events],
-                "agent_checkpoints": cps,
-                "server_origin": server_origin,
-                "server_checkpoint": note.decode(),
-                "prefix": prefix,
-                "revoked_unix": agent.revoked_unix,
-            }
-        )
+        fields = {
+            "agent_id": agent.agent_id,
+            "hostname": agent.hostname,
+            "origin": origin,
+            "vkey": _enrolled_vkey(store, agent, origin),
+            "key_rotations": rotations,
+            "first_seq": first,
+            "prev_hash": _b64(prev),
+            "events": None,
+            "agent_checkpoints": cps,
+            "server_origin": server_origin,
+            "server_checkpoint": note.decode(),
+            "prefix": prefix,
+            "revoked_unix": agent.revoked_unix,
+        }
+        parts.append(_AgentPart(agent.agent_id, first, size, fields))
+    return parts
+
+
+def _skeleton(
+    signer: NoteSigner,
+    client: str,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    agents: list[dict[str, Any]],
+) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "client": client,
@@ -237,8 +265,60 @@ def export_document(
         "from": start.isoformat() if start else None,
         "to": end.isoformat() if end else None,
         "server_vkey": signer.vkey(),
-        "agents": agents_out,
+        "agents": agents,
     }
+
+
+def export_document(
+    store: Store,
+    signer: NoteSigner,
+    client: str,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+) -> dict[str, Any]:
+    """Build the export for `client` over events in [start, end) (all when None), in memory.
+
+    `write_export` writes the same document to a file without holding the events.
+    """
+    agents = []
+    for part in _agent_parts(store, signer, client, start, end):
+        events = [_link_json(r) for r in _records(store, part.agent_id, part.first, part.size)]
+        agents.append({**part.fields, "events": events})
+    return _skeleton(signer, client, start, end, agents)
+
+
+def write_export(
+    store: Store,
+    signer: NoteSigner,
+    client: str,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    *,
+    out: BinaryIO,
+) -> tuple[int, int]:
+    """Write `export_document`'s JSON to `out` a page of events at a time.
+
+    Memory stays bounded by a page of events plus each agent's leaf hashes, whatever the
+    number of events. Returns (events written, agents).
+    """
+    parts = _agent_parts(store, signer, client, start, end)
+    # Each agent's events are a placeholder string in the skeleton, replaced while writing.
+    # A random token: no stored field (a hostname, say) can spell it.
+    token = secrets.token_hex(16)
+    marks = [f"events {i} {token}" for i in range(len(parts))]
+    agents = [{**p.fields, "events": mark} for p, mark in zip(parts, marks, strict=True)]
+    text = json.dumps(_skeleton(signer, client, start, end, agents), indent=1)
+    count = 0
+    for part, mark in zip(parts, marks, strict=True):
+        head, _, text = text.partition(json.dumps(mark))
+        out.write(head.encode())
+        out.write(b"[")
+        for i, r in enumerate(_records(store, part.agent_id, part.first, part.size)):
+            out.write(((",\n" if i else "\n") + json.dumps(_link_json(r))).encode())
+            count += 1
+        out.write(b"\n]")
+    out.write(text.encode() + b"\n")
+    return count, len(parts)
 
 
 def export_client(
@@ -250,12 +330,26 @@ def export_client(
     end: dt.datetime | None,
     out: Path,
 ) -> str:
-    """Write the export file for `client`; return a one-line summary."""
+    """Write the export file for `client` (atomically, 0600); return a one-line summary."""
     signer = NoteSigner(SERVER_KEY_NAME, load_private_key(data.signing_key))
-    doc = export_document(store, signer, client, start, end)
-    write_private(out, json.dumps(doc, indent=1).encode() + b"\n", mode=0o600)
-    count = sum(len(a["events"]) for a in doc["agents"])
-    return f"exported {count} events of {len(doc['agents'])} agents for client {client!r} to {out}"
+    out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:  # mkstemp makes it 0600: the evidence is personal
+            count, agents = write_export(store, signer, client, start, end, out=fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    directory = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
+    return f"exported {count} events of {agents} agents for client {client!r} to {out}"
 
 
 class QueryService(rpc.QueryServicer):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +14,13 @@ import pytest
 
 from agent.enroll import make_csr
 from protos.evidence import errors as ev
-from protos.evidence.keys import generate_key
+from protos.evidence.keys import generate_key, load_private_key
 from protos.evidence.merkle import MerkleTree, leaf_hash
 from protos.evidence.note import NoteSigner
 from protos.wire import pb, rpc
+from server import query
+from server.datadir import DataDir
+from server.store import open_store
 from server.verify_export import ExportError, prefix_blocks, tree_root, verify_document
 from tests.server.test_ingest_harness import (
     Agent,
@@ -190,3 +194,24 @@ def test_person_of_the_client_queries_and_exports_over_mutual_tls(
         with pytest.raises(grpc.RpcError) as info:
             stub.Events(pb.EventQuery(client="clinic-b"), timeout=10)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+
+
+def test_streamed_export_is_the_in_memory_document(
+    shipped: tuple[Agent, Chain, Path], server: ServerProc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, _, out = shipped
+    monkeypatch.setattr(query, "PAGE", 4)  # several pages of events and of the window scan
+    store = open_store(f"sqlite:///{server.data / 'custodes.db'}")
+    signer = NoteSigner(query.SERVER_KEY_NAME, load_private_key(DataDir(server.data).signing_key))
+    streamed = io.BytesIO()
+    try:
+        doc = query.export_document(store, signer, "clinic-a", None, None)
+        count, agents = query.write_export(store, signer, "clinic-a", None, None, out=streamed)
+    finally:
+        store.close()
+    assert (count, agents) == (25, 1)
+    written, from_cli = json.loads(streamed.getvalue()), load(out)
+    for d in (doc, written, from_cli):
+        d.pop("created")
+    assert written == doc == from_cli
+    assert [e["seq"] for e in doc["agents"][0]["events"]] == list(range(25))
