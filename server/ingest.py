@@ -26,7 +26,7 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from protos.evidence import errors as ev
-from protos.evidence.chain import Link, verify_links
+from protos.evidence.chain import Link, make_links, verify_links
 from protos.evidence.keychain import EpochKey, KeyChain, Rotation
 from protos.evidence.merkle import record_leaves
 from protos.evidence.note import parse_checkpoint
@@ -125,34 +125,41 @@ class Prepared:
 def to_record(agent_id: str, client: str, link: Link, event: pb.Event) -> StoredRecord:
     """A stored record: the verbatim bytes plus the indexed columns of the parsed event."""
     kind = event.WhichOneof("body") or "unknown"
-    technician = account = area = action = verdict = rule = path = None
     if kind == "access":
         a = event.access
-        technician = a.subject.technician or None
-        account = a.subject.os_user or None
-        area = a.object.area or None
-        action = _ACTIONS.get(a.action)
-        verdict = _VERDICTS.get(a.verdict)
-        rule = a.rule or None
-        path = a.object.path or None
-    elif kind == "grant":
+        s, o = a.subject, a.object
+        # Positional, and each field read once: this runs for every event ingested.
+        return StoredRecord(
+            agent_id,
+            link.seq,
+            link.event,
+            link.hash,
+            client,
+            event.unix_nanos,
+            kind,
+            s.technician or None,
+            s.os_user or None,
+            o.area or None,
+            _ACTIONS.get(a.action),
+            _VERDICTS.get(a.verdict),
+            a.rule or None,
+            o.path or None,
+        )
+    technician = area = None
+    if kind == "grant":
         technician = event.grant.technician or None
         area = event.grant.area or None
     return StoredRecord(
-        agent_id=agent_id,
-        seq=link.seq,
-        event=link.event,
-        chain_hash=link.hash,
-        client=client,
-        unix_nanos=event.unix_nanos,
-        kind=kind,
-        technician=technician,
-        account=account,
-        area=area,
-        action=action,
-        verdict=verdict,
-        rule=rule,
-        path=path,
+        agent_id,
+        link.seq,
+        link.event,
+        link.hash,
+        client,
+        event.unix_nanos,
+        kind,
+        technician,
+        None,
+        area,
     )
 
 
@@ -180,7 +187,7 @@ def check_batch(
     first = records[0].seq
     who = state.agent_id
     try:
-        links = [Link(r.seq, r.event, r.chain_hash) for r in records]
+        links = make_links([(r.seq, r.event, r.chain_hash) for r in records])
         if first > next_seq:
             # verify_links names it: a reorder when next_seq comes later, else a gap.
             verify_links(head, next_seq, links, who=who)
@@ -245,9 +252,11 @@ def parse_records(
     the KeyRotated announcements among them."""
     out: list[StoredRecord] = []
     rotations: list[Rotation] = []
+    agent_id, client = state.agent_id, state.client
+    parse = pb.Event.FromString
     for link in links:
         try:
-            event = pb.Event.FromString(link.event)
+            event = parse(link.event)
         except Exception as exc:  # protobuf raises DecodeError and others
             raise RefusedError(
                 Code.CODE_MALFORMED,
@@ -255,16 +264,16 @@ def parse_records(
                 "malformed",
                 expected_seq,
             ) from exc
-        if (event.agent_id, event.client, event.seq) != (state.agent_id, state.client, link.seq):
+        if event.seq != link.seq or event.agent_id != agent_id or event.client != client:
             raise RefusedError(
                 Code.CODE_WRONG_AGENT,
                 f"event seq {link.seq} names agent {event.agent_id!r} of client "
-                f"{event.client!r} at seq {event.seq}, expected agent {state.agent_id!r} of "
-                f"client {state.client!r} at seq {link.seq}",
+                f"{event.client!r} at seq {event.seq}, expected agent {agent_id!r} of "
+                f"client {client!r} at seq {link.seq}",
                 "wrong_agent",
                 expected_seq,
             )
-        record = to_record(state.agent_id, state.client, link, event)
+        record = to_record(agent_id, client, link, event)
         if record.kind == "key_rotated":
             k = event.key_rotated
             rotations.append(Rotation(link.seq, k.epoch, bytes(k.public_key)))
@@ -291,11 +300,12 @@ class Ingest:
         )
         return KeyChain(agent_origin(client, agent_id), current)
 
-    def handle(self, state: StreamState, batch: pb.EventBatch) -> pb.Ack:
+    def handle(self, state: StreamState, batch: pb.EventBatch) -> tuple[pb.Ack, list[StoredRecord]]:
         """A batch that starts below the verified position (a replay, maybe with new events).
 
         The replayed part must equal what is stored; new events are verified as in
-        `prepare` and stored. Returns the Ack; RefusedError otherwise.
+        `prepare` and stored. Returns the Ack and the records stored now (for `detect`);
+        RefusedError otherwise.
         """
         store = self.rt.store
         agent = store.get_agent(state.agent_id)
@@ -310,6 +320,7 @@ class Ingest:
         links, new_head = check_batch(state, next_seq, head, batch, self.rt.limits.max_batch_events)
         first, last = links[0].seq, links[-1].seq
         fresh = [link for link in links if link.seq >= next_seq]
+        records: list[StoredRecord] = []
         if len(fresh) < len(links):
             self._check_replay(state, [link for link in links if link.seq < next_seq], next_seq)
         if fresh:
@@ -328,7 +339,7 @@ class Ingest:
             )
             next_seq = self._store(state, p)
         log.debug("batch_stored", agent=state.agent_id, first=first, last=last, stored=len(fresh))
-        return self.ack(state, batch.batch_id, next_seq)
+        return self.ack(state, batch.batch_id, next_seq), records
 
     def prepare(self, state: StreamState, batch: pb.EventBatch) -> Prepared:
         """Verify and parse a batch that continues the stream's verified position.
@@ -351,7 +362,10 @@ class Ingest:
         return prepared
 
     def commit(self, state: StreamState, p: Prepared) -> pb.Ack:
-        """Store a prepared batch in one transaction, log it, and return the Ack."""
+        """Store a prepared batch in one transaction, log it, and return the Ack.
+
+        The caller hands `p.records` to `detect` once the Ack is on its way.
+        """
         return self.ack(state, p.batch_id, self._store(state, p))
 
     def _store(self, state: StreamState, p: Prepared) -> int:
@@ -381,11 +395,15 @@ class Ingest:
         for k in p.learnt:
             log.info("agent_key_learnt", agent=agent_id, epoch=k.epoch, valid_from=k.valid_from)
         self.logs.append(agent_id, p.records, p.leaves)
-        self._detect(p.records)
         return next_seq
 
-    def _detect(self, records: Sequence[StoredRecord]) -> None:
-        """Hand committed records to the detector; a failure leaves them to its catch-up."""
+    def detect(self, records: Sequence[StoredRecord]) -> None:
+        """Hand committed records to the detector; a failure leaves them to its catch-up.
+
+        Called after the batch's Ack is queued, so the agent does not wait for detection;
+        records the stream did not get to (it ended first) are read back by the detector's
+        catch-up, which evaluates every stored event once.
+        """
         detector = self.rt.detector
         if detector is None or not records:
             return
@@ -598,8 +616,9 @@ class AgentChannelService(rpc.AgentChannelServicer):
                     raise item[1]
                 if isinstance(item, Prepared):
                     ack = await self.rt.db(self.ingest.commit, state, item)
+                    stored = item.records
                 else:
-                    ack = await self.rt.db(self.ingest.handle, state, item)
+                    ack, stored = await self.rt.db(self.ingest.handle, state, item)
             except RefusedError as exc:
                 batch_id = item[0] if isinstance(item, tuple) else item.batch_id
                 log.warning("batch_refused", agent=name, code=Code.Name(exc.code), reason=str(exc))
@@ -609,6 +628,8 @@ class AgentChannelService(rpc.AgentChannelServicer):
                 await out.put(None)
                 return
             await out.put(pb.ServerMessage(ack=ack))
+            if stored:
+                await self.rt.db(self.ingest.detect, stored)
 
 
 _Work: TypeAlias = "Prepared | pb.EventBatch | tuple[int, RefusedError] | None"

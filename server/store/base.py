@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from protos.errors import CustodesError
 
@@ -36,9 +36,13 @@ class SchemaTooNewError(StoreError):
     """The database was migrated by a newer Custodes than this one."""
 
 
-@dataclass(frozen=True, slots=True)
-class StoredRecord:
-    """One event exactly as the agent signed it (`event` bytes verbatim) plus indexed columns."""
+class StoredRecord(NamedTuple):
+    """One event exactly as the agent signed it (`event` bytes verbatim) plus indexed columns.
+
+    Immutable like the other rows, but a NamedTuple rather than a frozen dataclass: ingest
+    builds one per event (tens of thousands a second), and a frozen dataclass's __init__
+    (one object.__setattr__ per field) cost ~5 µs against ~1 µs for a tuple.
+    """
 
     agent_id: str
     seq: int

@@ -96,26 +96,8 @@ def event_rows(
         return []
     if leaves is None or len(leaves) != len(records):
         leaves = record_leaves(records[0].seq, [r.chain_hash for r in records])
-    return [
-        (
-            r.agent_id,
-            r.seq,
-            r.event,
-            r.chain_hash,
-            leaf,
-            r.client,
-            r.unix_nanos,
-            r.kind,
-            r.technician,
-            r.account,
-            r.area,
-            r.action,
-            r.verdict,
-            r.rule,
-            r.path,
-        )
-        for r, leaf in zip(records, leaves, strict=True)
-    ]
+    # StoredRecord is a tuple in _RECORD_COLS order: splice the leaf in after chain_hash.
+    return [(*r[:4], leaf, *r[4:]) for r, leaf in zip(records, leaves, strict=True)]
 
 
 def _agent(row: Sequence[Any]) -> AgentRow:

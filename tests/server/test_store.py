@@ -166,7 +166,7 @@ def test_appended_batch_is_stored_verbatim(store: Store) -> None:
 def test_event_bytes_round_trip_exactly(store: Store, event: bytes) -> None:
     store.add_agent(agent_row())
     rec = records("clinic-01", 0, 1)[0]
-    odd = type(rec)(**{**{f: getattr(rec, f) for f in rec.__slots__}, "event": event})
+    odd = rec._replace(event=event)
     append(store, [odd])
     assert store.events()[0].event == event
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from server.store import Store, StoredRecord, StoreError
@@ -19,8 +17,7 @@ def _seed(store: Store) -> list[StoredRecord]:
     for offset, (agent_id, client) in enumerate(agents):
         store.add_agent(agent_row(agent_id, client))
         batch = [
-            dataclasses.replace(
-                rec,
+            rec._replace(
                 unix_nanos=T0 + (rec.seq * 3 + offset) * 1_000,  # interleaved, unique
                 technician=("tess", "tom", None)[rec.seq % 3],
                 area=("patients", "payroll", None, "patients")[rec.seq % 4],
@@ -111,7 +108,7 @@ def test_counts_per_agent(store: Store) -> None:
 def test_pages_break_ties_in_time_by_agent_and_seq(store: Store) -> None:
     for agent_id in ("b", "a"):
         store.add_agent(agent_row(agent_id))
-        append(store, [dataclasses.replace(r, unix_nanos=T0) for r in records(agent_id, 0, 5)])
+        append(store, [r._replace(unix_nanos=T0) for r in records(agent_id, 0, 5)])
     seen: list[tuple[str, int]] = []
     after = None
     for _ in range(12):
