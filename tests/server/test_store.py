@@ -13,9 +13,11 @@ from protos.evidence.merkle import leaf_hash
 from server.store import (
     Store,
     StoreConflictError,
+    StoredRecord,
     StoreError,
     open_store,
 )
+from server.store.sqlite import SqliteStore
 from tests.server.conftest import ZERO_HASH, agent_row, append, records
 
 
@@ -384,3 +386,23 @@ def test_unreachable_postgres_is_a_store_error() -> None:
     with pytest.raises(StoreError, match="cannot connect") as caught:
         open_store("postgresql://nobody:secret@127.0.0.1:1/none?connect_timeout=2")
     assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("rows_per_insert", [1, 5, 4096])
+def test_sqlite_batches_of_any_size_store_every_row_once(
+    tmp_path: Path, rows_per_insert: int
+) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.migrate()
+    store._rows_per_insert = rows_per_insert
+    store.add_agent(agent_row())
+    sent: list[StoredRecord] = []
+    for size in (1, 2, 7, 23, 4, 16):  # full chunks and every power-of-two remainder
+        batch = records("clinic-01", len(sent), size)
+        append(store, batch)
+        sent += batch
+    try:
+        assert store.records("clinic-01", 0, len(sent)) == sent
+        assert store.count_events() == len(sent)
+    finally:
+        store.close()
