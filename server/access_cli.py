@@ -1,7 +1,8 @@
 """`custodes login` and `custodes access ...`: a person's side of just-in-time access.
 
 `login --server HOST:PORT --token TOKEN` pins the server by the fingerprint in the token,
-sends a fresh key's CSR to the enrolment port, and keeps the person's key, certificate,
+sends a fresh key's CSR to the enrolment port (protos/enrolment.py, shared with
+`custodes agent enroll`), and keeps the person's key, certificate,
 the CA and the server's address in the profile directory (default ~/.config/custodes),
 every file 0600. Every `access` command then calls the Access service over mutual TLS with
 that certificate; the server decides what this person may do.
@@ -11,27 +12,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
-import socket
-import ssl
 import sys
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from policies.durations import format_duration, parse_duration
+from protos import enrolment
 from protos.errors import CustodesError, UsageError
-from protos.files import write_atomic
 from protos.wire import pb, rpc
-from server import enrol
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-TIMEOUT_S = 15.0
+TIMEOUT_S = enrolment.TIMEOUT_S
 _ACTIONS = {
     "read": pb.ACTION_READ,
     "write": pb.ACTION_WRITE,
@@ -59,75 +54,37 @@ def default_profile() -> Path:
 
 
 def _split(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"server address {address!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-def _pinned_cert(host: str, port: int, fingerprint: str) -> bytes:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # pinned by fingerprint below, before any secret
-    context.set_alpn_protocols(["h2"])
     try:
-        with (
-            socket.create_connection((host, port), timeout=TIMEOUT_S) as sock,
-            context.wrap_socket(sock, server_hostname=host) as tls,
-        ):
-            der = tls.getpeercert(binary_form=True)
-    except OSError as exc:
-        raise LoginError(
-            f"cannot reach the enrolment port {host}:{port} ({exc})",
-            hint="check --server (the main port; enrolment is on port + 1 unless --enrol-port)",
-        ) from exc
-    if der is None or hashlib.sha256(der).hexdigest() != fingerprint:
-        raise LoginError(
-            f"the server at {host}:{port} is not the one the token names; refusing to send it"
-        )
-    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+        return enrolment.split_address(address)
+    except enrolment.EnrolmentError as exc:
+        raise UsageError(str(exc), hint=exc.hint) from exc
 
 
 def login(server: str, token_text: str, profile: Path, enrol_port: int | None = None) -> str:
     """Enrol as the person the token names; save the profile; return 'name of client'."""
-    token = enrol.parse_token(token_text)
     host, port = _split(server)
-    eport = enrol_port or port + 1
-    server_pem = _pinned_cert(host, eport, token.fingerprint)
-    key_pem, csr_pem = enrol.make_csr("person")
-    options = [("grpc.ssl_target_name_override", _name_in(server_pem, host))]
-    creds = grpc.ssl_channel_credentials(root_certificates=server_pem)
-    with grpc.secure_channel(f"{host}:{eport}", creds, options=options) as channel:
-        try:
-            reply: pb.EnrollResponse = rpc.EnrollmentStub(channel).Enroll(
-                pb.EnrollRequest(
-                    token=token.text, csr_pem=csr_pem, hostname=socket.gethostname(), kind="person"
-                ),
-                timeout=TIMEOUT_S,
-            )
-        except grpc.RpcError as exc:
-            raise LoginError(
-                f"the server refused the login: {exc.details()}",
-                hint="ask an admin for a new token: `custodes server user add`",
-            ) from exc
-    profile.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_atomic(profile / "person.key", key_pem, mode=0o600)
-    write_atomic(profile / "person.crt", bytes(reply.certificate_pem), mode=0o600)
-    write_atomic(profile / "ca.crt", bytes(reply.ca_pem), mode=0o600)
+    try:
+        key_pem, reply = enrolment.request_certificate(
+            host,
+            enrol_port or port + 1,
+            enrolment.parse_token(token_text),
+            kind="person",
+            common_name="person",
+            refused_hint="ask an admin for a new token: `custodes server user add`",
+        )
+    except enrolment.EnrolmentError as exc:
+        raise LoginError(str(exc), hint=exc.hint) from exc
     info = {"server": server, "name": reply.identity, "client": reply.client}
-    write_atomic(profile / "profile.json", json.dumps(info).encode() + b"\n", mode=0o600)
+    enrolment.save_credentials(
+        profile,
+        {
+            "person.key": key_pem,
+            "person.crt": bytes(reply.certificate_pem),
+            "ca.crt": bytes(reply.ca_pem),
+            "profile.json": json.dumps(info).encode() + b"\n",
+        },
+    )
     return f"{reply.identity} of {reply.client}"
-
-
-def _name_in(cert_pem: bytes, host: str) -> str:
-    """A name the pinned certificate covers: `host` itself when it does."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
-    ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    if host in names or host in ips:
-        return host
-    return names[0] if names else "localhost"
 
 
 class AccessClient:

@@ -26,14 +26,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from protos import enrolment
 from protos.errors import CustodesError
 
-TOKEN_PREFIX = "ctk1"  # noqa: S105 - a format tag, not a secret
 URI_SCHEME = "custodes"
 KINDS = ("agent", "person")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
-_SECRET = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
 MAX_CSR_BYTES = 8192
 
 
@@ -232,17 +231,6 @@ def sign_csr(
     )
 
 
-def make_csr(common_name: str) -> tuple[bytes, bytes]:
-    """A fresh P-256 key and a CSR for it, both PEM (used by the enrolling side)."""
-    key = _new_key()
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .sign(key, hashes.SHA256())
-    )
-    return _key_pem(key), csr.public_bytes(serialization.Encoding.PEM)
-
-
 def fingerprint(cert_pem: bytes) -> str:
     """The SHA-256 fingerprint of a PEM certificate's DER bytes, lowercase hex."""
     cert = x509.load_pem_x509_certificate(cert_pem)
@@ -269,16 +257,10 @@ def identity_of(cert_pem: bytes) -> Identity:
 # --- tokens --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
-    """A parsed enrolment token: the pinned server fingerprint and the secret."""
+class Token(enrolment.Token):
+    """A parsed enrolment token (protos/enrolment.py) and what the server stores for it."""
 
-    fingerprint: str
-    secret: str
-
-    @property
-    def text(self) -> str:
-        return f"{TOKEN_PREFIX}.{self.fingerprint}.{self.secret}"
+    __slots__ = ()
 
     @property
     def secret_hash(self) -> bytes:
@@ -294,17 +276,11 @@ def new_token(server_fingerprint: str) -> Token:
 
 def parse_token(text: str) -> Token:
     """Parse `ctk1.{fingerprint}.{secret}`; raise `EnrolmentError` naming what is wrong."""
-    parts = text.strip().split(".")
-    if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
-        raise EnrolmentError(
-            "the enrolment token is not of the form ctk1.FINGERPRINT.SECRET",
-            hint="copy the whole line `custodes server enroll-token` printed",
-        )
-    if not _FINGERPRINT.match(parts[1]):
-        raise EnrolmentError("the token's server fingerprint is not 64 lowercase hex digits")
-    if not _SECRET.match(parts[2]):
-        raise EnrolmentError("the token's secret is malformed, expected 32-64 base64url chars")
-    return Token(parts[1], parts[2])
+    try:
+        token = enrolment.parse_token(text)
+    except enrolment.EnrolmentError as exc:
+        raise EnrolmentError(str(exc), hint=exc.hint) from exc
+    return Token(token.fingerprint, token.secret)
 
 
 def hash_secret(secret: str) -> bytes:
