@@ -8,7 +8,8 @@ Prints a table:
   * replay after an outage: a journal of --replay events (1M) written while the server was
     away, then shipped: events/s, and lost / duplicated counted against the journal's hashes;
   * the same throughput on PostgreSQL (a throwaway cluster, when initdb is installed);
-  * server RSS after the runs.
+  * server RSS after the runs, and its CPU per event in the throughput runs;
+  * the machine's load average at the start and the end (other work shares the CPUs).
 
 Run: .venv/bin/python bench/ingest_bench.py [--events 200000] [--runs 3] [--seconds 10]
      [--replay 1000000] [--no-postgres] [--quick]   (--quick: a couple of minutes)
@@ -17,6 +18,7 @@ Run: .venv/bin/python bench/ingest_bench.py [--events 200000] [--runs 3] [--seco
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -247,13 +249,20 @@ def main() -> int:
     if args.quick:
         args.events, args.runs, args.seconds, args.replay = 50_000, 2, 3.0, 200_000
     rows: list[tuple[str, str]] = []
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="custodes-bench-") as tmp:
         base = Path(tmp)
         server = ServerProc(base / "data")
         server.init()
         server.start()
         try:
+            assert server.proc is not None
+            server_proc = psutil.Process(server.proc.pid)
+            cpu_before = sum(server_proc.cpu_times()[:2])
             rates = [throughput_run(server, base, args.events, r) for r in range(args.runs)]
+            # CPU seconds (user + system) the server spent per event shipped: steadier than
+            # events/s on a machine others are loading.
+            cpu_us = (sum(server_proc.cpu_times()[:2]) - cpu_before) / (args.events * args.runs)
             baseline = statistics.median(
                 [baseline_store_rate(base, r, args.events) for r in range(args.runs)]
             )
@@ -270,6 +279,7 @@ def main() -> int:
             ("  runs", ", ".join(f"{r:,.0f}" for r in rates)),
             ("baseline: store append_batch only, events/s", f"{baseline:,.0f}"),
             ("ratio end-to-end / store baseline", f"{med / baseline:.2f}"),
+            ("server CPU per event in those runs, µs", f"{cpu_us * 1e6:.1f}"),
             ("goal ≥ 50,000 events/s", "met" if med >= 50_000 else "NOT met"),
             (f"latency p50 at {args.rate}/s ({count} events), ms", f"{p50 * 1000:.1f}"),
             (f"latency p99 at {args.rate}/s, ms", f"{p99 * 1000:.1f}"),
@@ -286,9 +296,13 @@ def main() -> int:
                 pg.init()
                 pg.start()
                 try:
+                    assert pg.proc is not None
+                    pg_proc = psutil.Process(pg.proc.pid)
+                    pg_cpu = sum(pg_proc.cpu_times()[:2])
                     pg_rates = [
                         ship_all(pg, base, args.events, f"pg-{r}")[0] for r in range(args.runs)
                     ]
+                    pg_cpu = (sum(pg_proc.cpu_times()[:2]) - pg_cpu) / (args.events * args.runs)
                     assert pg.proc is not None
                     pg_rss = psutil.Process(pg.proc.pid).memory_info().rss
                 finally:
@@ -301,8 +315,12 @@ def main() -> int:
                     f"{statistics.median(pg_rates):,.0f}",
                 ),
                 ("  runs", ", ".join(f"{r:,.0f}" for r in pg_rates)),
+                ("server CPU per event in those runs, µs", f"{pg_cpu * 1e6:.1f}"),
                 ("server RSS after the runs (PostgreSQL), MiB", f"{pg_rss / 2**20:.1f}"),
             ]
+    rows.insert(
+        0, ("load average (1 min) at start / end", f"{load[0]:.2f} / {os.getloadavg()[0]:.2f}")
+    )
     print(f"{'measure':<58}{'value':>18}")
     print("-" * 76)
     for label, value in rows:
