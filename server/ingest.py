@@ -300,12 +300,11 @@ class Ingest:
         )
         return KeyChain(agent_origin(client, agent_id), current)
 
-    def handle(self, state: StreamState, batch: pb.EventBatch) -> tuple[pb.Ack, list[StoredRecord]]:
+    def handle(self, state: StreamState, batch: pb.EventBatch) -> pb.Ack:
         """A batch that starts below the verified position (a replay, maybe with new events).
 
         The replayed part must equal what is stored; new events are verified as in
-        `prepare` and stored. Returns the Ack and the records stored now (for `detect`);
-        RefusedError otherwise.
+        `prepare` and stored. Returns the Ack; RefusedError otherwise.
         """
         store = self.rt.store
         agent = store.get_agent(state.agent_id)
@@ -320,7 +319,6 @@ class Ingest:
         links, new_head = check_batch(state, next_seq, head, batch, self.rt.limits.max_batch_events)
         first, last = links[0].seq, links[-1].seq
         fresh = [link for link in links if link.seq >= next_seq]
-        records: list[StoredRecord] = []
         if len(fresh) < len(links):
             self._check_replay(state, [link for link in links if link.seq < next_seq], next_seq)
         if fresh:
@@ -339,7 +337,7 @@ class Ingest:
             )
             next_seq = self._store(state, p)
         log.debug("batch_stored", agent=state.agent_id, first=first, last=last, stored=len(fresh))
-        return self.ack(state, batch.batch_id, next_seq), records
+        return self.ack(state, batch.batch_id, next_seq)
 
     def prepare(self, state: StreamState, batch: pb.EventBatch) -> Prepared:
         """Verify and parse a batch that continues the stream's verified position.
@@ -362,10 +360,7 @@ class Ingest:
         return prepared
 
     def commit(self, state: StreamState, p: Prepared) -> pb.Ack:
-        """Store a prepared batch in one transaction, log it, and return the Ack.
-
-        The caller hands `p.records` to `detect` once the Ack is on its way.
-        """
+        """Store a prepared batch in one transaction, log it, and return the Ack."""
         return self.ack(state, p.batch_id, self._store(state, p))
 
     def _store(self, state: StreamState, p: Prepared) -> int:
@@ -395,15 +390,11 @@ class Ingest:
         for k in p.learnt:
             log.info("agent_key_learnt", agent=agent_id, epoch=k.epoch, valid_from=k.valid_from)
         self.logs.append(agent_id, p.records, p.leaves)
+        self._detect(p.records)
         return next_seq
 
-    def detect(self, records: Sequence[StoredRecord]) -> None:
-        """Hand committed records to the detector; a failure leaves them to its catch-up.
-
-        Called after the batch's Ack is queued, so the agent does not wait for detection;
-        records the stream did not get to (it ended first) are read back by the detector's
-        catch-up, which evaluates every stored event once.
-        """
+    def _detect(self, records: Sequence[StoredRecord]) -> None:
+        """Hand committed records to the detector; a failure leaves them to its catch-up."""
         detector = self.rt.detector
         if detector is None or not records:
             return
@@ -616,9 +607,8 @@ class AgentChannelService(rpc.AgentChannelServicer):
                     raise item[1]
                 if isinstance(item, Prepared):
                     ack = await self.rt.db(self.ingest.commit, state, item)
-                    stored = item.records
                 else:
-                    ack, stored = await self.rt.db(self.ingest.handle, state, item)
+                    ack = await self.rt.db(self.ingest.handle, state, item)
             except RefusedError as exc:
                 batch_id = item[0] if isinstance(item, tuple) else item.batch_id
                 log.warning("batch_refused", agent=name, code=Code.Name(exc.code), reason=str(exc))
@@ -628,8 +618,6 @@ class AgentChannelService(rpc.AgentChannelServicer):
                 await out.put(None)
                 return
             await out.put(pb.ServerMessage(ack=ack))
-            if stored:
-                await self.rt.db(self.ingest.detect, stored)
 
 
 _Work: TypeAlias = "Prepared | pb.EventBatch | tuple[int, RefusedError] | None"
