@@ -84,57 +84,17 @@ def policy_story() -> None:
     weekday_10am = "2026-11-18T10:00:00"
     weekday_10pm = "2026-11-18T22:00:00"
     banner("In scope: a technician checks last night's backup in business hours")
-    run(
-        [
-            BIN,
-            "policy",
-            "explain",
-            GP,
-            "--technician",
-            "akaur",
-            "--path",
-            backup,
-            "--action",
-            "read",
-            "--at",
-            weekday_10am,
-        ]
-    )
+    explain(backup, weekday_10am)
     banner("Out of scope: the same technician opens a patient's referral letter")
-    run(
-        [
-            BIN,
-            "policy",
-            "explain",
-            GP,
-            "--technician",
-            "akaur",
-            "--path",
-            letter,
-            "--action",
-            "read",
-            "--at",
-            weekday_10am,
-        ]
-    )
+    explain(letter, weekday_10am)
     banner("Outside business hours: the backup check at 10 p.m.")
-    run(
-        [
-            BIN,
-            "policy",
-            "explain",
-            GP,
-            "--technician",
-            "akaur",
-            "--path",
-            backup,
-            "--action",
-            "read",
-            "--at",
-            weekday_10pm,
-        ]
-    )
+    explain(backup, weekday_10pm)
     banner("With a just-in-time grant: the letter may be read for two hours")
+    explain(letter, weekday_10am, "--grant", "patient-documents:read:2h", "--json")
+
+
+def explain(path: str, at: str, *extra: str) -> None:
+    """`policy explain` of technician akaur reading `path` at `at` under the GP agreement."""
     run(
         [
             BIN,
@@ -144,14 +104,12 @@ def policy_story() -> None:
             "--technician",
             "akaur",
             "--path",
-            letter,
+            path,
             "--action",
             "read",
             "--at",
-            weekday_10am,
-            "--grant",
-            "patient-documents:read:2h",
-            "--json",
+            at,
+            *extra,
         ]
     )
 
