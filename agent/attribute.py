@@ -104,12 +104,13 @@ def cmdline_of(pid: int, limit: int = MAX_CMDLINE) -> str:
     return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
 
 
-def open_flags(tid: int, fd: int = -1) -> int | None:
+def open_flags(tid: int, fd: int = -1, line: bytes | None = None) -> int | None:
     """The flags the blocked thread `tid` passed to open, from /proc/TID/syscall.
 
-    `fd`, when given, is an open handle of that file (agent.tasks), read with pread.
-    Returns -2 for an exec, None when the syscall is not one this code knows (io_uring,
-    another architecture) or the thread is gone.
+    `fd`, when given, is an open handle of that file (agent._answer keeps them), read with
+    pread; `line`, when given, is that file as read a moment ago (agent._answer reads it
+    with the event). Returns -2 for an exec, None when the syscall is not one this code
+    knows (io_uring, another architecture) or the thread is gone.
     """
     path = f"/proc/{tid}/syscall"
 
@@ -117,7 +118,7 @@ def open_flags(tid: int, fd: int = -1) -> int | None:
         return os.pread(fd, 256, 0) if fd >= 0 else _read_small(path, 256)
 
     try:
-        fields = read().split()
+        fields = (line if line is not None else read()).split()
         # The event is queued just before the opener goes to sleep: until it does, the file
         # says "running". Wait for it, a bounded number of yields.
         for i in range(SYSCALL_RETRIES + SYSCALL_SLEEPS):

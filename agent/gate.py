@@ -11,15 +11,16 @@ disk, so other openers keep being answered meanwhile.
 A second thread (agent.watch) reads the notification group: it marks new directories and
 records a technician's creates, deletes and renames, which fanotify cannot gate.
 
-The answer path, per event: the thread's /proc handles (agent.tasks) give loginuid (pread)
-and uid (fstat) with no open; an agent thread, or anyone but a technician or an unnamed
-interactive root, is allowed in a batch written with one writev.
+The answer path is in C (agent/_answer.c): per event, the opener thread's kept /proc handles
+give loginuid (pread) and uid (fstat) with no open; an agent thread, or anyone but a
+technician or an unnamed interactive root, is allowed in a batch written with one writev,
+without the GIL. Only technicians' and unnamed roots' events come back to Python.
 """
 
 from __future__ import annotations
 
 import os
-import select
+import resource
 import stat
 import threading
 import time
@@ -32,10 +33,10 @@ import structlog
 
 from agent import attribute as attr
 from agent import fanotify as fan
+from agent._answer import BUCKETS, Answerer
 from agent.identities import Identities, resolve
 from agent.marks import GateError, MarkChoice, Marker, PathMap, RootPlan, plan
 from agent.records import AccessRecord, Attribution, EventSink
-from agent.tasks import Entry, TaskTable, raise_fd_limit
 from agent.watch import ChangeWatcher
 from policies.model import Action, Decision, Grant, Subject, SubjectKind, Verdict
 
@@ -62,17 +63,11 @@ NOTIF_FLAGS = (
 # leaks into a child the daemon starts.
 EVENT_FD_FLAGS = os.O_RDONLY | os.O_LARGEFILE | os.O_NONBLOCK | os.O_CLOEXEC
 TICK_S = 0.1  # poll timeout: bounds how long stop() and fail_open() wait for a thread
+TICK_MS = int(TICK_S * 1000)
 JOIN_S = 2.0
 _EXEC_MASK = fan.FAN_OPEN_EXEC_PERM
-_UNSET = 4294967295
-_O_RDONLY = os.O_RDONLY | os.O_CLOEXEC
 _PACK = fan.RESPONSE.pack
-_UNPACK = fan.METADATA.unpack_from
-_META = fan.METADATA.size
-_RESP = fan.RESPONSE.size
 _ALLOW = fan.FAN_ALLOW
-READ_BYTES = 256 * 1024  # one read takes every queued event (~10k of 24 bytes)
-BATCH = 256  # allow responses per writev
 _EPOCH = datetime.fromtimestamp(0, tz=UTC)
 _NEEDS_STAT = os.O_CREAT | os.O_DIRECTORY
 
@@ -134,7 +129,22 @@ class _PolicyState:
     ids: Identities
 
 
+FD_LIMIT = 65536  # soft RLIMIT_NOFILE the gate asks for: event fds and /proc handles
+
+
+def raise_fd_limit(want: int = FD_LIMIT) -> int:
+    """Raise this process's soft RLIMIT_NOFILE towards `want` (never above the hard limit);
+    returns the soft limit now. systemd starts services with a soft limit of 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
 _EXACT_US = 1024  # latencies below this are kept to the µs; above, in powers of two
+assert BUCKETS == _EXACT_US + 64  # the C answerer's histogram has the same buckets
 
 
 def _bucket(ns: int) -> int:
@@ -178,6 +188,7 @@ class Gate:
         self._clock = clock
         self._grants: tuple[Grant, ...] = ()
         self._own: set[int] = {os.getpid(), *exempt_pids}
+        self._fast: Answerer | None = None
         self._names = attr.AccountNames()
         self._enricher = attr.Enricher(self._names)
         self._fd = -1
@@ -192,13 +203,13 @@ class Gate:
         self._paths = PathMap([])
         self._last_progress = time.monotonic()
         self.report_tid = True
-        # Counters: each is written by one thread only (the answer thread, or under
-        # _resp_lock for the journal's callbacks), so no lock on the hot path.
-        self._n = [0] * 6  # events allowed technician unknown_admin exempt errors
+        # Counters of the slow path (the fast path's are the answerer's): each is written by
+        # one thread only (the answer thread, or under _resp_lock for the journal's
+        # callbacks), so no lock on the hot path.
+        self._n = [0] * 4  # allowed technician unknown_admin errors
         self._denied = 0
         self._journal_failures = 0
-        self._hist = [0] * (_EXACT_US + 64)
-        self._tasks = TaskTable()
+        self._hist = [0] * BUCKETS
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -215,7 +226,9 @@ class Gate:
             self.report_tid = False
         self._notif_fd = fan.init(NOTIF_FLAGS)
         self._closed = False
-        self._own.add(threading.get_native_id())
+        self._fast = Answerer(self._fd)
+        self._set_identities(self._state.ids)
+        self._exempt(threading.get_native_id())
         self._marker = Marker(self._fd, self._notif_fd)
         self._watcher = ChangeWatcher(
             fd=self._notif_fd,
@@ -255,7 +268,7 @@ class Gate:
         (the old policy and marks stay) when a new root may not be marked.
         """
         wanted = list(roots) if roots is not None else [d for _, d in policy.area_roots()]
-        self._own.add(threading.get_native_id())  # it lists marked directories when re-marking
+        self._exempt(threading.get_native_id())  # it lists marked directories when re-marking
         state = _PolicyState(policy, _identities(policy))
         marker = self._marker
         if marker is None:
@@ -265,6 +278,7 @@ class Gate:
         old = {p.root: p for p in marker.plans}
         new = {p.root: p for p in new_plans}
         self._state = state
+        self._set_identities(state.ids)
         if old.keys() != new.keys():
             marker.place([p for r, p in new.items() if r not in old])
             marker.remove([p for r, p in old.items() if r not in new])
@@ -325,8 +339,8 @@ class Gate:
         if stuck:
             os.close(null)
             log.error("gate_thread_stuck_at_stop", threads=[t.name for t in self._threads])
-        else:
-            self._tasks.close()  # the answer thread, their only user, has ended
+        elif self._fast is not None:
+            self._fast.close()  # the answer thread, its only user, has ended
         if self._marker is not None:
             self._marker.close()
 
@@ -348,51 +362,59 @@ class Gate:
         n = self._n
         ms = self._marker.stats if self._marker is not None else None
         w = self._watcher
+        events, allowed, exempt, errors, _ = self._fast.counters() if self._fast else (0,) * 5
+        hist = self._hist
+        if self._fast is not None:
+            hist = [a + b for a, b in zip(hist, self._fast.histogram(), strict=True)]
         return GateStats(
-            events=n[0],
-            allowed=n[1],
+            events=events,
+            allowed=allowed + n[0],
             denied=self._denied,
-            technician_events=n[2],
-            unknown_admin=n[3],
-            exempt=n[4],
-            errors=n[5] + (w.errors if w else 0),
+            technician_events=n[1],
+            unknown_admin=n[2],
+            exempt=exempt,
+            errors=errors + n[3] + (w.errors if w else 0),
             journal_failures=self._journal_failures,
             recorded_changes=w.recorded if w else 0,
             unattributed_changes=w.unattributed if w else 0,
             marks=self.marks,
             new_dirs=ms.new_dirs if ms else 0,
             found_in_new_dirs=ms.found_in_new_dirs if ms else 0,
-            answer_p50_us=_percentile(self._hist, 0.5),
-            answer_p99_us=_percentile(self._hist, 0.99),
+            answer_p50_us=_percentile(hist, 0.5),
+            answer_p99_us=_percentile(hist, 0.99),
         )
+
+    def _exempt(self, tid: int) -> None:
+        """Exempt one of the agent's threads (or a process) from the gate."""
+        self._own.add(tid)
+        if self._fast is not None:
+            self._fast.set_own(list(self._own))
+
+    def _set_identities(self, ids: Identities) -> None:
+        if self._fast is not None:
+            self._fast.set_identities(list(ids.technician_uids), list(ids.principal_uids))
 
     # the answer thread -------------------------------------------------------------------
 
     def _answer_loop(self) -> None:
-        self._own.add(threading.get_native_id())
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
+        self._exempt(threading.get_native_id())
         stopping = self._stopping
-        buf = bytearray(READ_BYTES)
-        view = memoryview(buf)
-        readv = os.readv
+        fast = self._fast
+        assert fast is not None  # start() made it before this thread
         try:
             while not stopping.is_set():
-                ready = poller.poll(TICK_S * 1000)
-                self._last_progress = time.monotonic()
-                if not ready or stopping.is_set():
-                    continue
                 try:
-                    size = readv(self._fd, (buf,))
-                except BlockingIOError:
-                    continue
+                    got = fast.answer(TICK_MS)
                 except OSError as e:
-                    self._n[5] += 1
+                    self._n[3] += 1
                     log.exception("gate_read_failed", error=str(e))
                     return
-                if not size:
+                self._last_progress = time.monotonic()
+                if got is None:
                     return  # fail_open put /dev/null here
-                self._answer(view, size)
+                t0, slow = got
+                for event in slow:
+                    self._slow(t0, *event)
         finally:
             if not stopping.is_set():
                 # The answer thread is gone while the groups live: every opener in the area
@@ -400,135 +422,58 @@ class Gate:
                 log.error("gate_answer_thread_ended")
                 self.fail_open()
 
-    def _answer(self, buf: memoryview, size: int) -> None:
-        """Answer every event in `buf[:size]`: allows are batched into one writev."""
-        t0 = time.perf_counter_ns()
-        own = self._own
-        tasks = self._tasks
-        get = tasks.entries.get
-        pread = os.pread
-        fstat = os.fstat
-        ids = self._state.ids
-        techs = ids.technician_uids
-        principals = ids.principal_uids
-        n = self._n
-        allow_iov: list[bytes] = []
-        allow_fds: list[int] = []
-        events = exempt = 0
-        off = 0
-        while off + _META <= size:
-            event_len, _v, _r, _ml, mask, efd, pid = _UNPACK(buf, off)
-            off += event_len if event_len > _META else _META
-            if efd < 0:
-                continue  # a queue overflow notice: impossible with an unlimited queue
-            events += 1
-            if pid in own:
-                exempt += 1
-                allow_iov.append(_PACK(efd, _ALLOW))
-                allow_fds.append(efd)
-                continue
-            entry = get(pid)
-            raw = b""
-            if entry is not None:
-                try:
-                    raw = pread(entry[1], 16, 0)
-                except OSError:
-                    entry = None  # that thread ended and its id was reused: open again
-            if entry is None:
-                entry = tasks.open(pid)
-                if entry is not None:
-                    try:
-                        raw = pread(entry[1], 16, 0)
-                    except OSError:
-                        entry = None
-            if entry is None:  # gone (killed while waiting): nobody to protect
-                allow_iov.append(_PACK(efd, _ALLOW))
-                allow_fds.append(efd)
-                continue
-            if entry[2]:  # one of the agent's own threads
-                exempt += 1
-                allow_iov.append(_PACK(efd, _ALLOW))
-                allow_fds.append(efd)
-                continue
-            try:
-                loginuid: int | None = int(raw)
-                uid = fstat(entry[0]).st_uid
-            except (OSError, ValueError):
-                loginuid, uid = _UNSET, -1
-            if loginuid == _UNSET:
-                loginuid = None
-            technician = (loginuid is not None and loginuid in techs) or (uid in techs and uid != 0)
-            admin = uid == 0 and loginuid is not None and loginuid not in principals
-            if not (technician or admin):
-                allow_iov.append(_PACK(efd, _ALLOW))
-                allow_fds.append(efd)
-                if len(allow_iov) < BATCH:
-                    continue
-            # Counters before answers: whoever sees an answer sees it counted.
-            n[0] += events
-            n[4] += exempt
-            n[1] += len(allow_iov) - exempt
-            events = exempt = 0
-            if allow_iov:  # answer the others before the slow path
-                self._flush(allow_iov, allow_fds, t0)
-                allow_iov, allow_fds = [], []
-            if technician:
-                self._technician(mask, efd, pid, uid, loginuid, entry, t0)
-            elif admin:
-                self._unknown_admin(mask, efd, pid, uid, loginuid or 0, entry, t0)
-        n[0] += events
-        n[4] += exempt
-        if allow_iov:
-            n[1] += len(allow_iov) - exempt
-            self._flush(allow_iov, allow_fds, t0)
+    def _slow(  # noqa: PLR0917 - the hot path avoids keyword-argument overhead
+        self,
+        t0: int,
+        mask: int,
+        efd: int,
+        pid: int,
+        uid: int,
+        loginuid: int | None,
+        path: str | None,
+        line: bytes | None,
+    ) -> None:
+        """A technician's open, or an unnamed interactive root's (agent._answer sent it with
+        the file's path and the opener's syscall line, when it could read them)."""
+        techs = self._state.ids.technician_uids
+        if (loginuid is not None and loginuid in techs) or (uid != 0 and uid in techs):
+            self._technician(t0, mask, efd, pid, uid, loginuid, path, line)
+        else:
+            self._unknown_admin(t0, mask, efd, pid, uid, loginuid or 0, path, line)
 
-    def _flush(self, iov: list[bytes], efds: list[int], t0: int) -> None:
-        """Write the allow responses in one writev (fanotify takes one response per iovec),
-        then close the event fds."""
-        fd = self._fd
-        try:
-            done = (os.writev(fd, iov) if len(iov) > 1 else os.write(fd, iov[0])) // _RESP
-        except OSError:
-            done = 0
-        if done < len(iov):
-            # The response at `done` was refused (its opener was killed meanwhile); the
-            # kernel stops there, so the rest go one by one.
-            for b in iov[done:]:
-                try:
-                    os.write(fd, b)
-                except OSError:
-                    self._n[5] += 1
-        self._hist[_bucket(time.perf_counter_ns() - t0)] += len(iov)
-        close = os.close
-        for e in efds:
-            close(e)
+    def _flags(self, pid: int, line: bytes | None) -> int | None:
+        return attr.open_flags(pid, self._syscall_fd(pid), line)
 
     def _unknown_admin(  # noqa: PLR0917 - the hot path avoids keyword-argument overhead
-        self, mask: int, efd: int, pid: int, uid: int, loginuid: int, entry: Entry, t0: int
+        self,
+        t0: int,
+        mask: int,
+        efd: int,
+        pid: int,
+        uid: int,
+        loginuid: int,
+        path: str | None,
+        line: bytes | None,
     ) -> None:
         """Allow, and journal, an interactive root whose login the agreement does not name.
 
         The open flags are read before the answer (the opener has left the syscall after);
         everything else after it.
         """
-        self._n[3] += 1
+        self._n[2] += 1
         st: os.stat_result | None = None
         action = Action.READ
         try:
             st = os.fstat(efd)
-            flags = (
-                None
-                if stat.S_ISDIR(st.st_mode)
-                else attr.open_flags(pid, self._tasks.syscall_fd(entry))
-            )
+            flags = None if stat.S_ISDIR(st.st_mode) else self._flags(pid, line)
             action = attr.classify_open(bool(mask & _EXEC_MASK), st, flags, time.time_ns())
         except OSError:
-            self._n[5] += 1
-        self._n[1] += 1
+            self._n[3] += 1
+        self._n[0] += 1
         os.write(self._fd, _PACK(efd, _ALLOW))
         self._hist[_bucket(time.perf_counter_ns() - t0)] += 1
         try:
-            path = self._paths.canonical(fan.fd_path(efd), efd)
+            path = self._paths.canonical(path or fan.fd_path(efd), efd)
             who = self._enricher.attribute(pid, uid, loginuid)
             decision = Decision(
                 Verdict.ALLOW,
@@ -539,7 +484,7 @@ class Gate:
             )
             self._sink.record(self._record(who, path, action, decision, -1, st))
         except Exception as e:  # the answer is given; a record lost is counted
-            self._n[5] += 1
+            self._n[3] += 1
             log.exception("gate_record_failed", rule="unknown_admin", error=str(e))
         finally:
             os.close(efd)
@@ -551,29 +496,26 @@ class Gate:
 
     def _technician(  # noqa: PLR0917 - the hot path avoids keyword-argument overhead
         self,
+        t0: int,
         mask: int,
         efd: int,
         pid: int,
         uid: int,
         loginuid: int | None,
-        entry: Entry,
-        t0: int,
+        path: str | None,
+        line: bytes | None,
     ) -> None:
         """Classify and decide a technician's open, answer it exactly once, then record it.
 
         Only what the decision needs is read before an allow is answered (path, stat, open
         flags, account names); the enrichment (exe, command line, parent, session) follows.
         """
-        self._n[2] += 1
+        self._n[1] += 1
         try:
-            path = self._paths.canonical(fan.fd_path(efd), efd)
+            path = self._paths.canonical(path or fan.fd_path(efd), efd)
             exec_event = bool(mask & _EXEC_MASK)
             is_dir = bool(mask & fan.FAN_ONDIR)
-            flags = (
-                None
-                if exec_event or is_dir
-                else attr.open_flags(pid, self._tasks.syscall_fd(entry))
-            )
+            flags = None if exec_event or is_dir else self._flags(pid, line)
             # The file's stat decides only a directory or a create; else it waits until
             # after the answer (the record's device and inode).
             st = os.fstat(efd) if is_dir or flags is None or flags & _NEEDS_STAT else None
@@ -596,26 +538,26 @@ class Gate:
                     technician=state.ids.classify(uid, loginuid)[1],
                 )
         except Exception as e:  # attribution failed: deny rather than let a technician by
-            self._n[5] += 1
+            self._n[3] += 1
             log.exception("gate_attribution_failed", pid=pid, error=str(e))
             self._respond_once(efd, allow=False, t0=t0)
             return
         if decision.allowed:
-            self._n[1] += 1
+            self._n[0] += 1
             os.write(self._fd, _PACK(efd, _ALLOW))
             self._hist[_bucket(time.perf_counter_ns() - t0)] += 1
             try:
                 if st is None:
                     st = os.fstat(efd)
             except OSError:
-                self._n[5] += 1
+                self._n[3] += 1
             finally:
                 os.close(efd)
             try:
                 who = self._enricher.attribute(pid, uid, loginuid)
                 self._sink.record(self._record(who, path, action, decision, -1, st, now))
             except Exception as e:  # answered already; the lost record is counted
-                self._n[5] += 1
+                self._n[3] += 1
                 log.exception("gate_record_failed", rule=decision.rule, error=str(e))
             return
         cb = self._deny_callback(efd, t0)
@@ -627,6 +569,9 @@ class Gate:
         except Exception as e:
             log.exception("gate_record_failed", rule=decision.rule, error=str(e))
             cb(False)
+
+    def _syscall_fd(self, tid: int) -> int:
+        return self._fast.syscall_fd(tid) if self._fast is not None else -1
 
     def _deny_callback(self, efd: int, t0: int) -> Callable[[bool], None]:
         done = threading.Lock()
@@ -649,10 +594,10 @@ class Gate:
                 try:
                     os.write(self._fd, _PACK(efd, fan.FAN_ALLOW if allow else fan.FAN_DENY))
                 except OSError:
-                    self._n[5] += 1
+                    self._n[3] += 1
                 os.close(efd)
             if allow:
-                self._n[1] += 1
+                self._n[0] += 1
             else:
                 self._denied += 1
             self._hist[_bucket(time.perf_counter_ns() - t0)] += 1
@@ -685,7 +630,7 @@ class Gate:
     # the notification thread (agent.watch) ----------------------------------------------
 
     def _watch(self) -> None:
-        self._own.add(threading.get_native_id())
+        self._exempt(threading.get_native_id())
         if self._watcher is not None:
             self._watcher.run(self._stopping)
 

@@ -1,0 +1,558 @@
+/* The gate's answer loop for everyone who is not a technician: agent._answer.
+ *
+ * One call, `Answerer.answer(timeout_ms)`, waits for the permission group (poll), reads
+ * every queued event, and for each one decides in C, without the GIL, whether the opener
+ * may simply go: an agent thread or exempt process, a thread that is gone, or anyone whose
+ * uid and loginuid name neither a technician nor an interactive root the agreement does not
+ * know. Those are answered FAN_ALLOW in batches written with one writev and their event fds
+ * closed. The rest (a technician, an unknown interactive root) are returned to Python, fds
+ * open, for the policy (agent.gate), with what the decision needs read here too, still
+ * without the GIL: the file's path (readlinkat on a kept /proc/self/fd) and, for an open
+ * that is not an exec or a directory, the opener's /proc/TID/syscall line (the open flags;
+ * agent.attribute parses it), read once the opener has gone to sleep (a bounded number of
+ * yields; "running" is returned as it is and Python waits longer).
+ *
+ * The opener's uid and loginuid come from kept /proc handles, so an event costs one pread
+ * and one fstat: a /proc/TID handle refers to the kernel's struct pid, so once that task has
+ * exited a read through it fails (ESRCH) and the handles are opened again; a read that
+ * succeeds proves the handle's task is alive, and live tasks have distinct ids. The handles
+ * live in a direct-mapped table indexed by tid (a colliding thread replaces the older one),
+ * so the number of fds this holds is bounded (three per slot).
+ *
+ * Thread use: `answer` and `syscall_fd` are called by the gate's answer thread only;
+ * `set_identities` and `set_own` from any thread (a mutex guards the uid lists; the batch
+ * holds it while it classifies). Counters are written by the answer thread only.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#ifdef __linux__
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/fanotify.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define READ_BYTES (256 * 1024) /* one read takes every queued event (~10k of 24 bytes) */
+#define BATCH 256               /* allow responses per writev (under IOV_MAX) */
+#define MAX_SLOW 4096           /* technician events per call; the rest wait for the next */
+#define MAX_IDS 4096            /* technician / principal uids, exempt ids */
+#define EXACT_US 1024           /* latency histogram: µs below this, powers of two above */
+#define BUCKETS (EXACT_US + 64)
+#define UNSET_LOGINUID 4294967295u
+#define ARENA (512 * 1024) /* paths and syscall lines of one call's technician events */
+#define PATH_BYTES 4096
+#define SYSCALL_BYTES 256
+#define SYSCALL_YIELDS 200 /* agent.attribute.SYSCALL_RETRIES */
+
+typedef struct {
+    int tid; /* 0: empty */
+    int dir_fd;
+    int loginuid_fd;
+    int syscall_fd; /* -1 until a technician event needs it */
+    int own;        /* 1 when the thread is one of this process's */
+} Task;
+
+typedef struct {
+    uint32_t mask;
+    int fd;
+    int pid;
+    int uid;
+    uint32_t loginuid;
+    int path_off, path_len; /* in the arena; path_len -1: not read */
+    int sys_off, sys_len;   /* sys_len -1: not read (exec, directory, or gone) */
+} Slow;
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    int closed;
+    unsigned slots; /* power of two */
+    Task *tasks;
+    char *buf;
+    char *arena;
+    int fd_dir; /* /proc/self/fd */
+    pthread_mutex_t lock;
+    int mutex_ready;
+    uint32_t *techs;
+    size_t n_techs;
+    uint32_t *principals;
+    size_t n_principals;
+    int32_t *own;
+    size_t n_own;
+    char self_tasks[64];
+    Slow slow[MAX_SLOW];
+    size_t n_slow;
+    /* counters, since start */
+    unsigned long long events, allowed, exempt, errors, opened;
+    unsigned long long hist[BUCKETS];
+} Answerer;
+
+static unsigned long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+}
+
+static unsigned bucket(unsigned long long ns) {
+    unsigned long long us = ns / 1000;
+    if (us < EXACT_US) return (unsigned)us;
+    unsigned bits = 0;
+    while (us) {
+        bits++;
+        us >>= 1;
+    }
+    unsigned b = EXACT_US + bits;
+    return b < BUCKETS ? b : BUCKETS - 1;
+}
+
+static int contains_u32(const uint32_t *xs, size_t n, uint32_t x) {
+    for (size_t i = 0; i < n; i++)
+        if (xs[i] == x) return 1;
+    return 0;
+}
+
+/* ---- the task table ------------------------------------------------------------------ */
+
+static void task_close(Task *t) {
+    if (!t->tid) return;
+    close(t->dir_fd);
+    close(t->loginuid_fd);
+    if (t->syscall_fd >= 0) close(t->syscall_fd);
+    t->tid = 0;
+}
+
+static void table_clear(Answerer *a) {
+    for (unsigned i = 0; i < a->slots; i++) task_close(&a->tasks[i]);
+}
+
+static Task *table_slot(Answerer *a, int tid) { return &a->tasks[(unsigned)tid & (a->slots - 1)]; }
+
+static int open_task(Answerer *a, Task *t, int tid) {
+    char path[32];
+    snprintf(path, sizeof path, "/proc/%d", tid);
+    int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return -1;
+    int lfd = openat(dfd, "loginuid", O_RDONLY | O_CLOEXEC);
+    if (lfd < 0) {
+        int e = errno;
+        close(dfd);
+        errno = e;
+        return -1;
+    }
+    char own[96];
+    snprintf(own, sizeof own, "%s%d", a->self_tasks, tid);
+    t->tid = tid;
+    t->dir_fd = dfd;
+    t->loginuid_fd = lfd;
+    t->syscall_fd = -1;
+    t->own = access(own, F_OK) == 0;
+    a->opened++;
+    return 0;
+}
+
+/* The entry of `tid` with its loginuid read into `raw`; NULL when the thread is gone.
+ * Out of fds, the whole table is closed and the open tried once more: a full table must
+ * never read as "that thread is gone". */
+static Task *task_for(Answerer *a, int tid, char *raw, ssize_t *n) {
+    Task *t = table_slot(a, tid);
+    if (t->tid == tid) {
+        *n = pread(t->loginuid_fd, raw, 15, 0);
+        if (*n >= 0) return t;
+    }
+    task_close(t);
+    if (open_task(a, t, tid) < 0) {
+        if (errno != EMFILE && errno != ENFILE) return NULL;
+        table_clear(a);
+        if (open_task(a, t, tid) < 0) return NULL;
+    }
+    *n = pread(t->loginuid_fd, raw, 15, 0);
+    if (*n < 0) {
+        task_close(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* ---- answering ----------------------------------------------------------------------- */
+
+/* Write the allow responses (one per iovec: fanotify takes one response per write), then
+ * close their event fds. A refused response (its opener was killed meanwhile) stops the
+ * kernel there, so the rest go one by one. */
+static void flush(Answerer *a, struct fanotify_response *resp, struct iovec *iov, int n,
+                  unsigned long long t0) {
+    if (!n) return;
+    ssize_t w = writev(a->fd, iov, n);
+    int done = w > 0 ? (int)(w / (ssize_t)sizeof *resp) : 0;
+    for (int i = done; i < n; i++)
+        if (write(a->fd, &resp[i], sizeof *resp) != (ssize_t)sizeof *resp) a->errors++;
+    a->hist[bucket(now_ns() - t0)] += (unsigned long long)n;
+    for (int i = 0; i < n; i++) close(resp[i].fd);
+}
+
+/* Read what the decision on a technician event needs: its path and syscall line. */
+static void prepare(Answerer *a, Slow *s, int *used) {
+    s->path_len = s->sys_len = -1;
+    if (ARENA - *used >= PATH_BYTES && a->fd_dir >= 0) {
+        char name[16];
+        snprintf(name, sizeof name, "%d", s->fd);
+        ssize_t n = readlinkat(a->fd_dir, name, a->arena + *used, PATH_BYTES);
+        if (n > 0 && n < PATH_BYTES) {
+            s->path_off = *used;
+            s->path_len = (int)n;
+            *used += (int)n;
+        }
+    }
+    if (s->mask & (FAN_OPEN_EXEC_PERM | FAN_ONDIR) || ARENA - *used < SYSCALL_BYTES) return;
+    Task *t = table_slot(a, s->pid);
+    if (t->tid != s->pid) return;
+    if (t->syscall_fd < 0) t->syscall_fd = openat(t->dir_fd, "syscall", O_RDONLY | O_CLOEXEC);
+    if (t->syscall_fd < 0) return;
+    char *out = a->arena + *used;
+    ssize_t n = -1;
+    for (int i = 0; i <= SYSCALL_YIELDS; i++) {
+        n = pread(t->syscall_fd, out, SYSCALL_BYTES, 0);
+        if (n < 7 || memcmp(out, "running", 7) != 0) break;
+        sched_yield();
+    }
+    if (n >= 0) {
+        s->sys_off = *used;
+        s->sys_len = (int)n;
+        *used += (int)n;
+    }
+}
+
+/* One batch: read, classify, answer the fast path, keep the slow ones in a->slow.
+ * Returns the bytes read (0: the group is gone), or -1 with errno (EAGAIN: nothing). */
+static ssize_t answer_batch(Answerer *a, int timeout_ms, unsigned long long *t0_out) {
+    struct pollfd p = {.fd = a->fd, .events = POLLIN};
+    int r = poll(&p, 1, timeout_ms);
+    if (r <= 0) {
+        if (r == 0) errno = EAGAIN;
+        return -1;
+    }
+    ssize_t size = read(a->fd, a->buf, READ_BYTES);
+    unsigned long long t0 = now_ns();
+    *t0_out = t0;
+    if (size <= 0) return size;
+    struct fanotify_response resp[BATCH];
+    struct iovec iov[BATCH];
+    int n = 0;
+    a->n_slow = 0;
+    pthread_mutex_lock(&a->lock);
+    ssize_t off = 0;
+    while (off + (ssize_t)sizeof(struct fanotify_event_metadata) <= size) {
+        struct fanotify_event_metadata *m = (struct fanotify_event_metadata *)(a->buf + off);
+        off += m->event_len > sizeof *m ? m->event_len : sizeof *m;
+        if (m->fd < 0) continue; /* a queue overflow notice: impossible with an unlimited queue */
+        a->events++;
+        if (a->n_slow == MAX_SLOW) {
+            /* Cannot keep more for Python in this call: let the opener go rather than hold
+             * it (counted as an error; never reached with fewer than MAX_SLOW technician
+             * events queued at once). */
+            a->errors++;
+            goto allow;
+        }
+        int pid = m->pid;
+        int exempt = 0;
+        for (size_t i = 0; i < a->n_own; i++)
+            if (a->own[i] == pid) exempt = 1;
+        if (!exempt) {
+            char raw[16];
+            ssize_t got = 0;
+            Task *t = task_for(a, pid, raw, &got);
+            if (t == NULL) goto allow_counted; /* gone (killed while waiting) */
+            if (t->own) {
+                exempt = 1;
+            } else {
+                raw[got] = 0;
+                char *end = NULL;
+                errno = 0;
+                unsigned long lu = strtoul(raw, &end, 10);
+                uint32_t loginuid = (errno || end == raw) ? UNSET_LOGINUID : (uint32_t)lu;
+                struct stat st;
+                int uid = fstat(t->dir_fd, &st) == 0 ? (int)st.st_uid : -1;
+                if (uid < 0) loginuid = UNSET_LOGINUID;
+                int has_login = loginuid != UNSET_LOGINUID;
+                int technician = (has_login && contains_u32(a->techs, a->n_techs, loginuid)) ||
+                                 (uid > 0 && contains_u32(a->techs, a->n_techs, (uint32_t)uid));
+                int admin = uid == 0 && has_login &&
+                            !contains_u32(a->principals, a->n_principals, loginuid);
+                if (technician || admin) {
+                    Slow *s = &a->slow[a->n_slow++];
+                    s->mask = (uint32_t)m->mask;
+                    s->fd = m->fd;
+                    s->pid = pid;
+                    s->uid = uid;
+                    s->loginuid = loginuid;
+                    continue;
+                }
+            }
+        }
+        if (exempt) a->exempt++;
+    allow_counted:
+        if (!exempt) a->allowed++;
+    allow:
+        resp[n].fd = m->fd;
+        resp[n].response = FAN_ALLOW;
+        iov[n].iov_base = &resp[n];
+        iov[n].iov_len = sizeof resp[n];
+        if (++n == BATCH) {
+            flush(a, resp, iov, n, t0);
+            n = 0;
+        }
+    }
+    pthread_mutex_unlock(&a->lock);
+    flush(a, resp, iov, n, t0);
+    int used = 0;
+    for (size_t i = 0; i < a->n_slow; i++) prepare(a, &a->slow[i], &used);
+    return size;
+}
+
+/* ---- the Python type ----------------------------------------------------------------- */
+
+static int Answerer_init(Answerer *a, PyObject *args, PyObject *kw) {
+    static char *names[] = {"fd", "slots", NULL};
+    int fd;
+    unsigned slots = 1024;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "i|I", names, &fd, &slots)) return -1;
+    if (slots == 0 || (slots & (slots - 1))) {
+        PyErr_SetString(PyExc_ValueError, "slots must be a power of two");
+        return -1;
+    }
+    if (a->tasks) {
+        PyErr_SetString(PyExc_RuntimeError, "Answerer initialised twice");
+        return -1;
+    }
+    pthread_mutex_init(&a->lock, NULL);
+    a->mutex_ready = 1;
+    a->fd = fd;
+    a->slots = slots;
+    a->tasks = PyMem_Calloc(slots, sizeof(Task));
+    a->buf = PyMem_Malloc(READ_BYTES);
+    a->arena = PyMem_Malloc(ARENA);
+    a->fd_dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    a->techs = PyMem_Calloc(MAX_IDS, sizeof(uint32_t));
+    a->principals = PyMem_Calloc(MAX_IDS, sizeof(uint32_t));
+    a->own = PyMem_Calloc(MAX_IDS, sizeof(int32_t));
+    if (!a->tasks || !a->buf || !a->arena || !a->techs || !a->principals || !a->own) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    snprintf(a->self_tasks, sizeof a->self_tasks, "/proc/%d/task/", (int)getpid());
+    return 0;
+}
+
+static void Answerer_dealloc(Answerer *a) {
+    if (a->tasks) {
+        table_clear(a);
+        PyMem_Free(a->tasks);
+    }
+    PyMem_Free(a->buf);
+    PyMem_Free(a->arena);
+    if (a->fd_dir >= 0) close(a->fd_dir);
+    PyMem_Free(a->techs);
+    PyMem_Free(a->principals);
+    PyMem_Free(a->own);
+    if (a->mutex_ready) pthread_mutex_destroy(&a->lock);
+    Py_TYPE(a)->tp_free((PyObject *)a);
+}
+
+/* Copy an iterable of ints into `out` (at most MAX_IDS); -1 with an exception set. */
+static Py_ssize_t read_ids(PyObject *iterable, uint32_t *out) {
+    PyObject *seq = PySequence_Fast(iterable, "expected an iterable of ids");
+    if (!seq) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > MAX_IDS) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "at most %d ids (got %zd)", MAX_IDS, n);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long v = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (v == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        out[i] = (uint32_t)v;
+    }
+    Py_DECREF(seq);
+    return n;
+}
+
+static PyObject *Answerer_set_identities(Answerer *a, PyObject *args) {
+    PyObject *techs, *principals;
+    if (!PyArg_ParseTuple(args, "OO", &techs, &principals)) return NULL;
+    uint32_t t[MAX_IDS], p[MAX_IDS];
+    Py_ssize_t nt = read_ids(techs, t), np;
+    if (nt < 0 || (np = read_ids(principals, p)) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&a->lock);
+    memcpy(a->techs, t, (size_t)nt * sizeof *t);
+    a->n_techs = (size_t)nt;
+    memcpy(a->principals, p, (size_t)np * sizeof *p);
+    a->n_principals = (size_t)np;
+    pthread_mutex_unlock(&a->lock);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *Answerer_set_own(Answerer *a, PyObject *ids) {
+    uint32_t o[MAX_IDS];
+    Py_ssize_t n = read_ids(ids, o);
+    if (n < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&a->lock);
+    memcpy(a->own, o, (size_t)n * sizeof *o);
+    a->n_own = (size_t)n;
+    pthread_mutex_unlock(&a->lock);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *Answerer_answer(Answerer *a, PyObject *arg) {
+    int timeout_ms = (int)PyLong_AsLong(arg);
+    if (timeout_ms == -1 && PyErr_Occurred()) return NULL;
+    if (a->closed) {
+        PyErr_SetString(PyExc_ValueError, "answerer closed");
+        return NULL;
+    }
+    ssize_t size;
+    unsigned long long t0 = 0;
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    size = answer_batch(a, timeout_ms, &t0);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    if (size == 0) Py_RETURN_NONE;
+    if (size < 0) {
+        if (err == EAGAIN || err == EINTR) return Py_BuildValue("(K[])", t0);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *slow = PyList_New((Py_ssize_t)a->n_slow);
+    if (!slow) return NULL;
+    for (size_t i = 0; i < a->n_slow; i++) {
+        Slow *s = &a->slow[i];
+        PyObject *login = s->loginuid == UNSET_LOGINUID ? Py_NewRef(Py_None)
+                                                         : PyLong_FromUnsignedLong(s->loginuid);
+        PyObject *path = s->path_len < 0 ? Py_NewRef(Py_None)
+                                          : PyUnicode_DecodeFSDefaultAndSize(
+                                                a->arena + s->path_off, s->path_len);
+        PyObject *sys = s->sys_len < 0 ? Py_NewRef(Py_None)
+                                       : PyBytes_FromStringAndSize(a->arena + s->sys_off,
+                                                                   s->sys_len);
+        PyObject *item = NULL;
+        if (login && path && sys) { /* "N" hands the three over, even when it fails */
+            item = Py_BuildValue("(IiiiNNN)", s->mask, s->fd, s->pid, s->uid, login, path, sys);
+        } else {
+            Py_XDECREF(login);
+            Py_XDECREF(path);
+            Py_XDECREF(sys);
+        }
+        if (!item) {
+            Py_DECREF(slow);
+            return NULL;
+        }
+        PyList_SET_ITEM(slow, (Py_ssize_t)i, item);
+    }
+    return Py_BuildValue("(KN)", t0, slow);
+}
+
+static PyObject *Answerer_syscall_fd(Answerer *a, PyObject *arg) {
+    long tid = PyLong_AsLong(arg);
+    if (tid == -1 && PyErr_Occurred()) return NULL;
+    Task *t = table_slot(a, (int)tid);
+    if (t->tid != (int)tid) return PyLong_FromLong(-1);
+    if (t->syscall_fd < 0) t->syscall_fd = openat(t->dir_fd, "syscall", O_RDONLY | O_CLOEXEC);
+    return PyLong_FromLong(t->syscall_fd);
+}
+
+static PyObject *Answerer_counters(Answerer *a, PyObject *Py_UNUSED(ignored)) {
+    return Py_BuildValue("(KKKKK)", a->events, a->allowed, a->exempt, a->errors, a->opened);
+}
+
+static PyObject *Answerer_histogram(Answerer *a, PyObject *Py_UNUSED(ignored)) {
+    PyObject *out = PyList_New(BUCKETS);
+    if (!out) return NULL;
+    for (Py_ssize_t i = 0; i < BUCKETS; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(a->hist[i]);
+        if (!v) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+    return out;
+}
+
+static PyObject *Answerer_tasks(Answerer *a, PyObject *Py_UNUSED(ignored)) {
+    long n = 0;
+    for (unsigned i = 0; i < a->slots; i++) n += a->tasks[i].tid != 0;
+    return PyLong_FromLong(n);
+}
+
+static PyObject *Answerer_close(Answerer *a, PyObject *Py_UNUSED(ignored)) {
+    table_clear(a);
+    a->closed = 1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Answerer_methods[] = {
+    {"answer", (PyCFunction)Answerer_answer, METH_O,
+     "answer(timeout_ms) -> (t0_ns, [(mask, fd, pid, uid, loginuid | None, path | None, "
+     "syscall line | None)]) | None"},
+    {"set_identities", (PyCFunction)Answerer_set_identities, METH_VARARGS,
+     "set_identities(technician_uids, principal_uids)"},
+    {"set_own", (PyCFunction)Answerer_set_own, METH_O, "set_own(ids): exempt tids and pids"},
+    {"syscall_fd", (PyCFunction)Answerer_syscall_fd, METH_O,
+     "syscall_fd(tid) -> the kept /proc/TID/syscall fd, or -1"},
+    {"counters", (PyCFunction)Answerer_counters, METH_NOARGS,
+     "counters() -> (events, allowed, exempt, errors, handles_opened)"},
+    {"histogram", (PyCFunction)Answerer_histogram, METH_NOARGS,
+     "histogram() -> answer latency counts per bucket"},
+    {"tasks", (PyCFunction)Answerer_tasks, METH_NOARGS, "tasks() -> entries held"},
+    {"close", (PyCFunction)Answerer_close, METH_NOARGS, "close every /proc handle"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject AnswererType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "agent._answer.Answerer",
+    .tp_basicsize = sizeof(Answerer),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The gate's answer loop for non-technicians (see the module docstring).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Answerer_init,
+    .tp_dealloc = (destructor)Answerer_dealloc,
+    .tp_methods = Answerer_methods,
+};
+#endif /* __linux__ */
+
+static struct PyModuleDef answer_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "agent._answer",
+    .m_doc = "The gate's fast answer path, in C (Linux only).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__answer(void) {
+    PyObject *m = PyModule_Create(&answer_module);
+    if (!m) return NULL;
+#ifdef __linux__
+    if (PyType_Ready(&AnswererType) < 0 || PyModule_AddIntConstant(m, "BUCKETS", BUCKETS) < 0 ||
+        PyModule_AddObjectRef(m, "Answerer", (PyObject *)&AnswererType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+#endif
+    return m;
+}
