@@ -442,7 +442,9 @@ class Gate:
             self._unknown_admin(t0, mask, efd, pid, uid, loginuid or 0, path, line)
 
     def _flags(self, pid: int, line: bytes | None) -> int | None:
-        return attr.open_flags(pid, self._syscall_fd(pid), line)
+        if line is not None and not line.startswith(b"running"):
+            return attr.open_flags(pid, -1, line)
+        return attr.open_flags(pid, self._syscall_fd(pid), line)  # read it (again)
 
     def _unknown_admin(  # noqa: PLR0917 - the hot path avoids keyword-argument overhead
         self,

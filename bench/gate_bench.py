@@ -220,18 +220,20 @@ def _measure(
             lat[kind].append((st.answer_p50_us, st.answer_p99_us))
     base = statistics.median(base_runs)
     rows.append(("ungated open+close (baseline)", f"{base:.2f} µs", ""))
-    for kind, label, goal in (
-        ("staff", "gated, non-technician", 8),
-        ("tech", "gated, technician (allowed, recorded)", 20),
+    # The goals: a non-technician's open costs ≤ 8 µs more than ungated; a technician's is
+    # answered ≤ 20 µs after the gate reads it (its enrichment and record come after).
+    for kind, label, open_goal, answer_goal in (
+        ("staff", "gated, non-technician", " (goal ≤ 8)", ""),
+        ("tech", "gated, technician (allowed, recorded)", "", " (goal p50 ≤ 20)"),
     ):
         us = statistics.median(runs[kind])
-        rows.append((label, f"{us:.2f} µs", f"+{us - base:.2f} µs (goal ≤ {goal})"))
+        rows.append((label, f"{us:.2f} µs", f"+{us - base:.2f} µs{open_goal}"))
         p50 = statistics.median(p for p, _ in lat[kind])
         p99 = statistics.median(p for _, p in lat[kind])
         rows.append(
             (
                 f"  {kind}: answer latency p50/p99, gate CPU per event",
-                f"≤{p50:.0f}/≤{p99:.0f} µs",
+                f"≤{p50:.0f}/≤{p99:.0f} µs{answer_goal}",
                 f"{statistics.median(cpu[kind]):.1f} µs CPU/event",
             )
         )
