@@ -1,19 +1,27 @@
 """Console page response times with many stored events, on SQLite and PostgreSQL.
 
-Run: .venv/bin/python bench/console_bench.py [EVENTS]   (default 1,000,000)
+Run: .venv/bin/python bench/console_bench.py [EVENTS] [--stores sqlite,postgres]
+(default 1,000,000 events, both stores)
 
 For each store: a real `custodes server run --console` over a database holding EVENTS
 access events of one client (30 days, 3 technicians, 2 agents, ~3% denials) written with
-the store's own `append_batch` (as ingest stores a verified batch, 5,000 per batch). An
-MSP auditor signs in over HTTPS and each page is fetched RUNS times; p50 and p99 of the
-full HTTP round trip. Baseline: the sign-in page (no database work) in the same run.
-PostgreSQL runs when an initdb binary exists (tests/server/conftest.py's throwaway cluster).
+the store's own `append_batch` (as ingest stores a verified batch, 5,000 per batch), and
+REQUESTS just-in-time requests. The server's detector first catches up on the stored
+events (raising the incidents the incidents page and the register show); the bench waits
+for it, then an MSP auditor signs in over HTTPS and fetches each page once cold (printed
+on its own: the first statement also counts the month into the hourly rollup) and RUNS
+times warm; p50 and p99 of the full HTTP round trip. Baseline: the sign-in page (no
+database work) in the same run. PostgreSQL runs when an initdb binary exists
+(tests/server/conftest.py's throwaway cluster). The load average is printed at the start
+and end of each store's run, since the figures move with whatever else the machine runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
+import os
 import shutil
 import statistics
 import sys
@@ -26,7 +34,12 @@ from zoneinfo import ZoneInfo
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from server.store import open_store  # noqa: E402
+from policies.model import Action  # noqa: E402
+from server.access import Draft, create  # noqa: E402
+from server.access_service import Agreements  # noqa: E402
+from server.store import Store, open_store  # noqa: E402
+from server.store.access import AccessStore  # noqa: E402
+from server.store.incidents import IncidentStore  # noqa: E402
 from tests.console.conftest import Http  # noqa: E402
 from tests.console.world import (  # noqa: E402
     AGREEMENT,
@@ -42,7 +55,9 @@ from tests.server.test_ingest_harness import cli  # noqa: E402
 
 RUNS = 40
 BATCH = 5000
+REQUESTS = 300
 TECHS = ("tech1", "tech2", "tech3")
+DETECT_WAIT_S = 900.0
 
 
 def fill(url: str, events: int, now: float) -> float:
@@ -76,24 +91,66 @@ def fill(url: str, events: int, now: float) -> float:
                 ]
                 append(store, a, batch, seq)
                 seq += n
+        requests(store, now)
     finally:
         store.close()
     return time.perf_counter() - started
 
 
+def requests(store: Store, now: float) -> None:
+    """REQUESTS just-in-time requests by tech1 over the month (the requests page, the
+    statement's grants)."""
+    access = AccessStore(store)
+    compiled = Agreements(access).current(CLINIC)
+    person = access.get_person("tech1")
+    assert person is not None
+    for i in range(REQUESTS):
+        at = int(now - 30 * 86400 + i * (30 * 86400 // REQUESTS))
+        draft = Draft(CLINIC, "records", (Action.READ,), 3600, f"INC-{5000 + i}", "bench")
+        access.add_request(create(f"jit-bench{i:04d}", draft, person, compiled, at))
+
+
+def wait_for_detection(url: str, events: int) -> float:
+    """Seconds until the server's detector has read every stored event (DETECT_WAIT_S at
+    most): its catch-up holds the database thread, and pages fetched meanwhile wait."""
+    started = time.perf_counter()
+    store = open_store(url, migrate=False)
+    try:
+        incidents = IncidentStore(store)
+        while time.perf_counter() - started < DETECT_WAIT_S:
+            _, cursors = incidents.detector_state()
+            if sum(cursors.values()) >= events:
+                return time.perf_counter() - started
+            time.sleep(1.0)
+    finally:
+        store.close()
+    raise AssertionError(f"the detector did not catch up within {DETECT_WAIT_S:.0f} s")
+
+
+def load() -> str:
+    """The 1-minute load average, for the figures' context."""
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def fetch(http: Http, path: str) -> float:
+    """Milliseconds of one fetch of `path` (which must answer 200)."""
+    t = time.perf_counter()
+    reply = http.get(path)
+    ms = (time.perf_counter() - t) * 1000
+    assert reply.status == 200, (path, reply.status, reply.text[:300])
+    return ms
+
+
 def timings(http: Http, path: str) -> tuple[float, float]:
     """p50 and p99 in milliseconds of RUNS fetches of `path`."""
-    samples = []
-    for _ in range(RUNS):
-        t = time.perf_counter()
-        reply = http.get(path)
-        samples.append((time.perf_counter() - t) * 1000)
-        assert reply.status == 200, (path, reply.status, reply.text[:300])
-    samples.sort()
+    samples = sorted(fetch(http, path) for _ in range(RUNS))
     return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
 
 
-def run(name: str, database: str | None, events: int) -> list[tuple[str, str, float, float]]:
+Row = tuple[str, str, float, float, float]
+
+
+def run(name: str, database: str | None, events: int) -> list[Row]:
     base = Path(tempfile.mkdtemp(prefix="cbench-"))
     server = ConsoleServer(base / "server", database=database)
     try:
@@ -104,11 +161,15 @@ def run(name: str, database: str | None, events: int) -> list[tuple[str, str, fl
         )
         extra = ["--database", database] if database else []
         cli("server", "agreement", "apply", str(agreement), "--data", str(server.data), *extra)
-        make_people(server.data, {"auditor": ["--role", "auditor"]})  # --database is recorded
+        people = {"auditor": ["--role", "auditor"], "tech1": ["--role", "technician"]}
+        make_people(server.data, people)  # --database is recorded
         now = time.time()
-        seconds = fill(database or str(server.data / "custodes.db"), events, now)
+        url = database or str(server.data / "custodes.db")
+        seconds = fill(url, events, now)
         print(f"{name}: stored {events:,} events in {seconds:.0f} s", flush=True)
         server.start()
+        waited = wait_for_detection(url, events)
+        print(f"{name}: detector caught up in {waited:.0f} s; load {load()}", flush=True)
         http = Http(server.console_url)
         assert http.sign_in("auditor").status == 303
         month = dt.datetime.fromtimestamp(now, ZoneInfo("Australia/Sydney")).strftime("%Y-%m")
@@ -121,12 +182,20 @@ def run(name: str, database: str | None, events: int) -> list[tuple[str, str, fl
             ),
             ("events, all, page 1", f"/events?client={CLINIC}"),
             ("monthly statement (HTML)", f"/statement?client={CLINIC}&month={month}"),
+            ("monthly statement (PDF)", f"/statement.pdf?client={CLINIC}&month={month}"),
+            ("incidents", "/incidents"),
+            ("breach register (CSV)", "/incidents/register.csv"),
+            ("access requests", "/requests"),
+            ("agent health", "/agents/clinic-a"),
         ]
         out = []
         for label, path in pages:
-            timings(http, path)  # warm
+            cold = fetch(http, path)
+            for _ in range(3):
+                fetch(http, path)
             p50, p99 = timings(http, path)
-            out.append((name, label, p50, p99))
+            out.append((name, label, cold, p50, p99))
+        print(f"{name}: measured; load {load()}", flush=True)
         return out
     finally:
         server.kill()
@@ -148,21 +217,32 @@ def postgres() -> Iterator[str | None]:
 
 
 def main() -> None:
-    events = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
-    rows = run("sqlite", None, events)
-    with postgres() as url:
-        if url is not None:
-            rows += run("postgres", url, events)
-        else:
-            print("postgres: no initdb on this machine; skipped")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("events", type=int, nargs="?", default=1_000_000)
+    parser.add_argument("--stores", default="sqlite,postgres")
+    args = parser.parse_args()
+    events = args.events
+    stores = args.stores.split(",")
+    print(f"load at start {load()}", flush=True)
+    rows: list[Row] = []
+    if "sqlite" in stores:
+        rows += run("sqlite", None, events)
+    if "postgres" in stores:
+        with postgres() as url:
+            if url is not None:
+                rows += run("postgres", url, events)
+            else:
+                print("postgres: no initdb on this machine; skipped")
     print(
-        f"\nconsole pages with {events:,} stored events, {RUNS} fetches each (HTTPS, "
-        "full round trip)"
+        f"\nconsole pages with {events:,} stored events, {RUNS} warm fetches each (HTTPS, "
+        "full round trip); cold: the first fetch"
     )
-    print(f"{'store':10} {'page':32} {'p50 ms':>8} {'p99 ms':>8} {'p50/baseline':>13}")
-    base = {r[0]: r[2] for r in rows if "baseline" in r[1]}
-    for store, label, p50, p99 in rows:
-        print(f"{store:10} {label:32} {p50:8.1f} {p99:8.1f} {p50 / base[store]:13.1f}")
+    print(
+        f"{'store':10} {'page':32} {'cold ms':>8} {'p50 ms':>8} {'p99 ms':>8} {'p50/baseline':>13}"
+    )
+    base = {r[0]: r[3] for r in rows if "baseline" in r[1]}
+    for store, label, cold, p50, p99 in rows:
+        print(f"{store:10} {label:32} {cold:8.1f} {p50:8.1f} {p99:8.1f} {p50 / base[store]:13.1f}")
 
 
 if __name__ == "__main__":
