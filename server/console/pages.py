@@ -37,12 +37,18 @@ if TYPE_CHECKING:
 log = structlog.get_logger("custodes.server.console")
 T = TypeVar("T")
 MAX_CSV_ROWS = 100_000
+OVERVIEW_INCIDENTS = 20  # open incidents the overview lists (first due); Incidents has all
 
 
 def _console(request: web.Request) -> Console:
     from server.console.app import CONSOLE  # noqa: PLC0415 - app imports this module
 
     return request.app[CONSOLE]
+
+
+def _sources(request: web.Request) -> views.Sources:
+    """The stores for one request (each client's agreement looked up once)."""
+    return _console(request).sources.for_page()
 
 
 def _viewer(request: web.Request) -> Person:
@@ -188,17 +194,19 @@ def _overview(src: views.Sources, viewer: Person, now: int) -> dict[str, Any]:
     if viewer.role is Role.TECHNICIAN:
         clients = []
     agents = {c: views.agent_health(src, c, now) for c in clients}
+    open_total, first_open = views.first_open_incidents(src, viewer, now, OVERVIEW_INCIDENTS)
     return {
         "clients": clients,
         "agents": agents,
-        "incidents": views.incident_queue(src, viewer, now, open_only=True),
+        "incidents": first_open,
+        "incidents_total": open_total,
         "requests": views.requests_page(src, viewer, now),
     }
 
 
 async def overview(request: web.Request) -> web.StreamResponse:
     """Agents per client with health, open incidents, pending requests."""
-    src = _console(request).sources
+    src = _sources(request)
     data = await _db(request, _overview, src, _viewer(request), int(time.time()))
     return _render(request, "overview.html", title="Overview", **data)
 
@@ -238,7 +246,7 @@ def _agent(src: views.Sources, viewer: Person, agent_id: str, now: int) -> dict[
 
 async def agent_page(request: web.Request) -> web.StreamResponse:
     """One agent's health over the last two weeks."""
-    src = _console(request).sources
+    src = _sources(request)
     data = await _db(
         request, _agent, src, _viewer(request), request.match_info["agent"], int(time.time())
     )
@@ -252,7 +260,7 @@ async def agent_page(request: web.Request) -> web.StreamResponse:
 
 async def requests_page(request: web.Request) -> web.StreamResponse:
     """Pending requests, active grants, history."""
-    src = _console(request).sources
+    src = _sources(request)
     page = await _db(request, views.requests_page, src, _viewer(request), int(time.time()))
     return _render(request, "requests.html", title="Access requests", page=page)
 
@@ -343,7 +351,7 @@ def _events(src: views.Sources, viewer: Person, q: Any) -> dict[str, Any]:
 
 async def events_page(request: web.Request) -> web.StreamResponse:
     """Search and filter events; keyset pagination."""
-    src = _console(request).sources
+    src = _sources(request)
     try:
         data = await _db(request, _events, src, _viewer(request), request.query)
     except rights.ConsoleForbiddenError as exc:
@@ -369,7 +377,7 @@ _CSV_COLUMNS = (
 
 async def events_csv(request: web.Request) -> web.StreamResponse:
     """The filtered events as CSV (at most MAX_CSV_ROWS), paths masked as on the page."""
-    src = _console(request).sources
+    src = _sources(request)
     viewer = _viewer(request)
     try:
         f = await _db(request, _event_filter, src, viewer, request.query)
@@ -429,7 +437,7 @@ async def incidents_page(request: web.Request) -> web.StreamResponse:
     viewer = _viewer(request)
     if not rights.may_read_incidents(viewer):
         return _forbidden(request, "Incidents are shown to approvers, auditors and admins.")
-    src = _console(request).sources
+    src = _sources(request)
     queue = await _db(request, views.incident_queue, src, viewer, time.time())
     return _render(request, "incidents.html", title="Incidents", queue=queue)
 
@@ -498,7 +506,7 @@ def _incident_id(request: web.Request) -> int:
 
 async def incident_page(request: web.Request) -> web.StreamResponse:
     """One incident: timeline, evidence, s 26WG form, containment, decision, draft statement."""
-    src = _console(request).sources
+    src = _sources(request)
     data = await _db(request, _incident, src, _viewer(request), _incident_id(request))
     if data is None:
         return _forbidden(request, "There is no such incident among the clients you can see.")
@@ -558,7 +566,7 @@ async def incident_step(request: web.Request) -> web.StreamResponse:
             return assessment.prepare_statement(inc, who, now)
     else:
         raise web.HTTPNotFound(text="no such step")
-    src = _console(request).sources
+    src = _sources(request)
     try:
         after = await _db(request, _apply_step, src, viewer, incident_id, step)
     except rights.ConsoleForbiddenError as exc:
@@ -578,7 +586,7 @@ async def register_csv(request: web.Request) -> web.StreamResponse:
         return _forbidden(
             request, "The breach register is shown to approvers, auditors and admins."
         )
-    src = _console(request).sources
+    src = _sources(request)
     found = await _db(request, lambda: src.incidents.incidents(client=viewer.client))
     found = [i for i in found if viewer.serves(i.client)]
     return web.Response(
@@ -603,7 +611,7 @@ def _statement_args(src: views.Sources, viewer: Person, q: Any) -> tuple[str, st
 async def statement_page(request: web.Request) -> web.StreamResponse:
     """The printable statement for a client and a month."""
     viewer = _viewer(request)
-    src = _console(request).sources
+    src = _sources(request)
     if not rights.may_read_incidents(viewer):
         return _forbidden(request, "Access statements are shown to approvers, auditors and admins.")
     client, month = await _db(request, _statement_args, src, viewer, request.query)
@@ -645,7 +653,7 @@ async def statement_page(request: web.Request) -> web.StreamResponse:
 async def statement_pdf(request: web.Request) -> web.StreamResponse:
     """The statement as a PDF download."""
     viewer = _viewer(request)
-    src = _console(request).sources
+    src = _sources(request)
     if not rights.may_read_incidents(viewer):
         return _forbidden(request, "Access statements are shown to approvers, auditors and admins.")
     client, month = await _db(request, _statement_args, src, viewer, request.query)

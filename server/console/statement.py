@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections import defaultdict
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from protos.errors import UsageError
 from server.access import Person
 from server.console import rights
 from server.console.views import NANOS, Sources, local
+from server.incidents.model import ASSESSMENT_DAYS, DAY_S
 from server.store.access import StoredRequest
 
-MAX_DENIALS = 500
+MAX_DENIALS = 500  # listed one by one; the rest are counted, and in the events export
+MAX_GRANTS = 200  # requests listed (newest first); the rest are counted
+MAX_INCIDENTS = 200  # listed; the rest are counted, and in the breach register
+MAX_ROLL_UP = 200_000  # events a statement counts into the rollup itself (~0.6 s at most)
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 
 
@@ -117,11 +121,22 @@ class Statement:
     denials_total: int
     incidents: list[IncidentRow]
     verification: list[VerificationRow]
+    uncounted: int = 0  # stored events the rollup had not counted yet (the newest)
+    incidents_total: int = 0  # incidents of the month; the first MAX_INCIDENTS are listed
+    grants_total: int = 0  # requests of the month; the newest MAX_GRANTS are listed
 
     @property
     def total_accesses(self) -> int:
         """Technician accesses to sensitive areas in the month."""
         return sum(a.count for a in self.accesses)
+
+    @property
+    def denials_export(self) -> str:
+        """The console path of the events export (CSV) holding every denial of the month."""
+        first = dt.date.fromisoformat(f"{self.month}-01")
+        after = (first + dt.timedelta(days=32)).replace(day=1)
+        query = {"client": self.client, "decision": "deny", "from": f"{first}T00:00"}
+        return "/events.csv?" + urlencode({**query, "to": f"{after}T00:00"})
 
     @property
     def verified(self) -> bool:
@@ -136,8 +151,24 @@ def _approved_by(stored: StoredRequest) -> str:
     return ", ".join(names)
 
 
+def day_starts(start: dt.datetime, end: dt.datetime) -> list[int]:
+    """Unix times at which each local day from `start` to `end` begins, and `end` itself
+    (days are 23 or 25 hours long where the zone changes its offset)."""
+    zone = start.tzinfo
+    days = (end.date() - start.date()).days
+    return [
+        int(dt.datetime.combine(start.date() + dt.timedelta(days=i), dt.time(), zone).timestamp())
+        for i in range(days + 1)
+    ]
+
+
 def build(src: Sources, viewer: Person, client: str, month: str, now: int) -> Statement:
-    """The statement of `client` for `month`; ConsoleForbiddenError outside the viewer's scope."""
+    """The statement of `client` for `month`; ConsoleForbiddenError outside the viewer's scope.
+
+    Counts come from the hourly rollup, summed in the database; events the rollup has not
+    counted yet are counted first, at most MAX_ROLL_UP of them (the console counts in the
+    background too), and any still uncounted are stated on the statement.
+    """
     if not rights.may_read_incidents(viewer) or not viewer.serves(client):
         raise rights.ConsoleForbiddenError(
             f"{viewer.name} may not read the access statement of {client}"
@@ -145,32 +176,28 @@ def build(src: Sources, viewer: Person, client: str, month: str, now: int) -> St
     zone = src.zone(client)
     start, end = month_bounds(month, zone)
     lo, hi = int(start.timestamp()), int(end.timestamp())
-    src.console.roll_up()
-    counts = src.console.hourly_counts(client, lo * NANOS, hi * NANOS)
-    grouped: dict[tuple[str, str, str, str, str], list[int]] = {}
-    heat: dict[tuple[str, str], int] = defaultdict(int)
-    for c in counts:
-        if not c.area:
-            continue
-        key = (c.technician or "", c.area, c.action or "", c.verdict or "", c.rule or "")
-        agg = grouped.setdefault(key, [0, c.hour_unix, c.hour_unix])
-        agg[0] += c.count
-        agg[1] = min(agg[1], c.hour_unix)
-        agg[2] = max(agg[2], c.hour_unix)
-        day = dt.datetime.fromtimestamp(c.hour_unix, zone).strftime("%d")
-        heat[(c.technician or "", day)] += c.count
+    src.console.roll_up(max_rows=MAX_ROLL_UP)
+    uncounted = src.console.backlog(client)
+    summary = src.console.access_summary(client, lo * NANOS, hi * NANOS)
     accesses = [
         AccessRow(
-            *key,
-            agg[0],
-            local(agg[1], zone, "%d %b %H:00"),
-            local(agg[2] + 3599, zone, "%d %b %H:59"),
+            a.technician,
+            a.area,
+            a.action,
+            a.verdict,
+            a.rule,
+            a.count,
+            local(a.first_hour_unix, zone, "%d %b %H:00"),
+            local(a.last_hour_unix + 3599, zone, "%d %b %H:59"),
         )
-        for key, agg in sorted(grouped.items())
+        for a in summary
     ]
-    days = [f"{d:02d}" for d in range(1, (end - start).days + 1)]
+    starts = day_starts(start, end)
+    days = [f"{d:02d}" for d in range(1, len(starts))]
+    heat = {(tech, days[i]): n for (tech, i), n in src.console.daily_counts(client, starts).items()}
     technicians = sorted({t for t, _ in heat})
-    grants = []
+    grants: list[GrantRow] = []
+    grants_total = 0
     for stored in src.access.list_requests(client=client, limit=5000):
         r = stored.request
         in_window = bool(r.start_unix) and r.start_unix < hi and r.end_unix > lo
@@ -182,6 +209,9 @@ def build(src: Sources, viewer: Person, client: str, month: str, now: int) -> St
             if r.start_unix
             else "never started"
         )
+        grants_total += 1
+        if len(grants) >= MAX_GRANTS:
+            continue
         grants.append(
             GrantRow(
                 r.id,
@@ -195,36 +225,28 @@ def build(src: Sources, viewer: Person, client: str, month: str, now: int) -> St
                 _approved_by(stored),
             )
         )
-    denied = src.store.events(
-        client=client,
-        verdict="deny",
-        since_nanos=lo * NANOS,
-        until_nanos=hi * NANOS,
-        limit=MAX_DENIALS,
-    )
     denials = [
         DenialRow(
             local(d.unix_nanos / NANOS, zone, "%d %b %H:%M:%S"),
-            d.technician or d.account or "",
-            d.area or "",
-            d.action or "",
-            rights.shown_path(viewer, client, d.technician, d.path or "", src.mask_key),
-            d.rule or "",
+            d.technician,
+            d.area,
+            d.action,
+            rights.shown_path(viewer, client, d.technician, d.path, src.mask_key),
+            d.rule,
         )
-        for d in denied
-        if d.technician
+        for d in src.console.denials(client, lo * NANOS, hi * NANOS, MAX_DENIALS)
     ]
-    denials_total = sum(c.count for c in counts if c.verdict == "deny" and c.area)
+    denials_total = sum(a.count for a in summary if a.verdict == "deny")
+    incidents_total, briefs = src.console.incidents_in(client, lo, hi, MAX_INCIDENTS)
     incidents = [
         IncidentRow(
-            i.label,
+            f"INC-{i.id:06d}",
             i.summary,
-            i.state.value.replace("_", " "),
+            i.state.replace("_", " "),
             local(i.aware_unix, zone),
-            local(i.due_unix, zone, "%d %b %Y"),
+            local(i.aware_unix + ASSESSMENT_DAYS * DAY_S, zone, "%d %b %Y"),
         )
-        for i in src.incidents.incidents(client=client)
-        if lo <= i.aware_unix < hi or lo <= i.first_unix < hi
+        for i in briefs
     ]
     verification = []
     sizes = src.console.latest_checkpoint_sizes()
@@ -262,4 +284,7 @@ def build(src: Sources, viewer: Person, client: str, month: str, now: int) -> St
         denials_total,
         incidents,
         verification,
+        uncounted,
+        incidents_total,
+        grants_total,
     )

@@ -7,6 +7,7 @@ viewer may not see (other clients are filtered out, paths are masked by the one 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from policies.schema import Agreement
 from protos.wire import pb
 from server.access import ENDED, Person, Request, Role, State
 from server.console import rights
-from server.incidents.model import UNDECIDED, Incident
+from server.incidents.model import ASSESSMENT_DAYS, DAY_S, UNDECIDED, Incident
 from server.store.access import AccessStore
 from server.store.base import EventCursor, Store, StoredRecord
 from server.store.console import ConsoleStore
@@ -43,20 +44,31 @@ class Sources:
     console: ConsoleStore
     mask_key: bytes
     parsed: dict[str, tuple[str, Agreement | None]] = field(default_factory=dict)
+    current: dict[str, Agreement | None] | None = None  # per page: see for_page
+
+    def for_page(self) -> Sources:
+        """The same stores, looking each client's current agreement up once: a page asks for
+        the client's zone for every row it shows (one query each, before)."""
+        return dataclasses.replace(self, current={})
 
     def agreement(self, client: str) -> Agreement | None:
         """The client's current agreement, parsed once per stored version (None: none)."""
+        if self.current is not None and client in self.current:
+            return self.current[client]
         row = self.access.current_agreement(client)
-        if row is None:
-            return None
-        cached = self.parsed.get(client)
-        if cached is not None and cached[0] == row.sha256:
-            return cached[1]
-        try:
-            parsed: Agreement | None = parse_agreement(row.yaml, filename=client)
-        except PolicyError:  # a stored agreement that no longer loads: shown without it
-            parsed = None
-        self.parsed[client] = (row.sha256, parsed)
+        parsed: Agreement | None = None
+        if row is not None:
+            cached = self.parsed.get(client)
+            if cached is not None and cached[0] == row.sha256:
+                parsed = cached[1]
+            else:
+                try:
+                    parsed = parse_agreement(row.yaml, filename=client)
+                except PolicyError:  # a stored agreement that no longer loads: shown without
+                    parsed = None
+                self.parsed[client] = (row.sha256, parsed)
+        if self.current is not None:
+            self.current[client] = parsed
         return parsed
 
     def zone(self, client: str) -> ZoneInfo:
@@ -180,6 +192,37 @@ def incident_queue(
     found = [i for i in found if viewer.serves(i.client)]
     found.sort(key=lambda i: (i.state not in UNDECIDED, i.due_unix, i.id))
     return [incident_line(i, src.zone(i.client), now) for i in found]
+
+
+def first_open_incidents(
+    src: Sources, viewer: Person, now: float, limit: int
+) -> tuple[int, list[IncidentLine]]:
+    """How many incidents the viewer may read are undecided, and the `limit` due first."""
+    if not rights.may_read_incidents(viewer):
+        return 0, []
+    total, briefs = src.console.incidents_in_states(
+        viewer.client, sorted(s.value for s in UNDECIDED), limit
+    )
+    lines = []
+    for b in briefs:
+        zone = src.zone(b.client)
+        due = b.aware_unix + ASSESSMENT_DAYS * DAY_S
+        lines.append(
+            IncidentLine(
+                b.id,
+                f"INC-{b.id:06d}",
+                b.client,
+                b.state.replace("_", " "),
+                b.summary,
+                b.technician,
+                local(b.aware_unix, zone),
+                local(due, zone, "%a %d %b %Y"),
+                round((due - now) / DAY_S, 1),
+                now > due,
+                b.individuals,
+            )
+        )
+    return total, lines
 
 
 @dataclass(frozen=True, slots=True)

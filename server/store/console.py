@@ -15,6 +15,7 @@ from server.store.base import Store, StoreError
 from server.store.sql import Cursor, SqlStore
 
 HOUR_NANOS = 3_600 * 1_000_000_000
+ROLL_CHUNK = 20_000  # events counted per transaction: ~60 ms of the database thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,45 @@ class HourCount:
     action: str | None
     rule: str | None
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccessSummary:
+    """A month's accesses of one (technician, area, action, verdict, rule), from the rollup."""
+
+    technician: str
+    area: str
+    action: str
+    verdict: str
+    rule: str
+    count: int
+    first_hour_unix: int
+    last_hour_unix: int
+
+
+@dataclass(frozen=True, slots=True)
+class DenialRow:
+    """A technician's denied access, with what the statement shows of it."""
+
+    unix_nanos: int
+    technician: str
+    area: str
+    action: str
+    path: str
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentBrief:
+    """What the statement and the overview list of an incident."""
+
+    id: int
+    summary: str
+    state: str
+    aware_unix: float
+    client: str = ""
+    technician: str = ""
+    individuals: int = 0
 
 
 class ConsoleStore:
@@ -186,30 +226,42 @@ class ConsoleStore:
 
     # -- summaries over the evidence --------------------------------------------------------
 
-    def roll_up(self, max_rows: int = 2_000_000) -> int:
+    def roll_up(self, max_rows: int = 2_000_000, chunk: int = ROLL_CHUNK) -> int:
         """Count new access events into the hourly rollup; how many events were counted.
 
         Each agent's events are read by primary key from its cursor on, grouped per hour,
         added to `console_hourly`, and the cursor advanced in the same transaction, only if
-        no other server advanced it meanwhile (otherwise nothing is written).
+        no other server advanced it meanwhile (otherwise nothing is written). At most
+        `max_rows` events, `chunk` per transaction.
         """
         counted = 0
-        with self._tx(write=False) as cur:
-            self._exec(
-                cur,
-                "SELECT a.agent_id, a.next_seq, COALESCE(c.next_seq, 0) FROM agents a"
-                " LEFT JOIN console_hourly_cursors c ON c.agent_id = a.agent_id"
-                " WHERE a.next_seq > COALESCE(c.next_seq, 0)",
-            )
-            todo = [(str(r[0]), int(r[1]), int(r[2])) for r in cur.fetchall()]
-        for agent_id, next_seq, cursor in todo:
+        for agent_id, _, next_seq, cursor in self._behind():
             first = cursor
             while first < next_seq and counted < max_rows:
-                end = min(next_seq, first + 200_000)
+                end = min(next_seq, first + chunk, first + max_rows - counted)
                 self._roll_agent(agent_id, first, end)
                 counted += end - first
                 first = end
         return counted
+
+    def backlog(self, client: str | None = None) -> int:
+        """Stored events (of `client`'s agents, or all) not yet counted into the rollup."""
+        return sum(
+            next_seq - cursor
+            for _, agent_client, next_seq, cursor in self._behind()
+            if client in (None, agent_client)
+        )
+
+    def _behind(self) -> list[tuple[str, str, int, int]]:
+        """(agent_id, client, next_seq, rollup cursor) of each agent with uncounted events."""
+        with self._tx(write=False) as cur:
+            self._exec(
+                cur,
+                "SELECT a.agent_id, a.client, a.next_seq, COALESCE(c.next_seq, 0) FROM agents a"
+                " LEFT JOIN console_hourly_cursors c ON c.agent_id = a.agent_id"
+                " WHERE a.next_seq > COALESCE(c.next_seq, 0)",
+            )
+            return [(str(r[0]), str(r[1]), int(r[2]), int(r[3])) for r in cur.fetchall()]
 
     def _roll_agent(self, agent_id: str, first: int, end: int) -> None:
         with self._tx(write=True) as cur:
@@ -280,6 +332,116 @@ class ConsoleStore:
                     r[4] or None,
                     r[5] or None,
                     int(r[6]),
+                )
+                for r in cur.fetchall()
+            ]
+
+    def _hours(self, since_nanos: int, until_nanos: int) -> tuple[int, int]:
+        return since_nanos // HOUR_NANOS * 3600, -(-until_nanos // HOUR_NANOS) * 3600
+
+    def access_summary(
+        self, client: str, since_nanos: int, until_nanos: int
+    ) -> list[AccessSummary]:
+        """Technicians' accesses to areas per (technician, area, action, verdict, rule), with
+        the first and last hour, from the rollup (call `roll_up` first for the newest)."""
+        lo, hi = self._hours(since_nanos, until_nanos)
+        with self._tx(write=False) as cur:
+            self._exec(
+                cur,
+                "SELECT technician, area, action, verdict, rule, SUM(events), MIN(hour_unix),"
+                " MAX(hour_unix) FROM console_hourly"
+                " WHERE client = ? AND hour_unix >= ? AND hour_unix < ? AND area <> ''"
+                " GROUP BY technician, area, action, verdict, rule"
+                " ORDER BY technician, area, action, verdict, rule",
+                (client, lo, hi),
+            )
+            return [
+                AccessSummary(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6]), int(r[7]))
+                for r in cur.fetchall()
+            ]
+
+    def daily_counts(self, client: str, starts: Sequence[int]) -> dict[tuple[str, int], int]:
+        """(technician, day index) → accesses to areas, for the days that begin at the unix
+        times `starts` (ascending; the last one ends the last day): local days, whatever
+        the zone's offsets, counted in the database from the rollup."""
+        if len(starts) < 2:
+            return {}
+        # Fixed integers, never input: the CASE is built from ints only.
+        day = " ".join(f"WHEN hour_unix < {int(b)} THEN {i}" for i, b in enumerate(starts[1:]))
+        with self._tx(write=False) as cur:
+            self._exec(
+                cur,
+                f"SELECT technician, CASE {day} END AS d, SUM(events)"  # noqa: S608
+                " FROM console_hourly WHERE client = ? AND hour_unix >= ? AND hour_unix < ?"
+                " AND area <> '' GROUP BY technician, d",
+                (client, int(starts[0]) // 3600 * 3600, int(starts[-1])),
+            )
+            return {(str(r[0]), int(r[1])): int(r[2]) for r in cur.fetchall()}
+
+    def denials(
+        self, client: str, since_nanos: int, until_nanos: int, limit: int
+    ) -> list[DenialRow]:
+        """Technicians' denied accesses of `client` in the window, oldest first, at most
+        `limit` (served by the partial index console_events_denied)."""
+        with self._tx(write=False) as cur:
+            self._exec(
+                cur,
+                "SELECT unix_nanos, technician, area, action, path, rule FROM events"
+                " WHERE client = ? AND verdict = 'deny' AND unix_nanos >= ? AND unix_nanos < ?"
+                " AND technician IS NOT NULL AND technician <> ''"
+                " ORDER BY unix_nanos, agent_id, seq LIMIT ?",
+                (client, since_nanos, until_nanos, limit),
+            )
+            return [
+                DenialRow(int(r[0]), str(r[1]), r[2] or "", r[3] or "", r[4] or "", r[5] or "")
+                for r in cur.fetchall()
+            ]
+
+    def incidents_in(
+        self, client: str, since_unix: int, until_unix: int, limit: int
+    ) -> tuple[int, list[IncidentBrief]]:
+        """How many incidents of `client` were raised (or began) in the window, and the first
+        `limit` of them by the time the entity became aware."""
+        where = (
+            "client = ? AND ((aware_unix >= ? AND aware_unix < ?)"
+            " OR (first_unix >= ? AND first_unix < ?))"
+        )
+        params = (client, since_unix, until_unix, since_unix, until_unix)
+        with self._tx(write=False) as cur:
+            self._exec(cur, f"SELECT COUNT(*) FROM ndb_incidents WHERE {where}", params)  # noqa: S608
+            total = int(cur.fetchone()[0])
+            self._exec(
+                cur,
+                "SELECT id, summary, state, aware_unix FROM ndb_incidents"  # noqa: S608
+                f" WHERE {where} ORDER BY aware_unix, id LIMIT ?",
+                (*params, limit),
+            )
+            return total, [
+                IncidentBrief(int(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in cur.fetchall()
+            ]
+
+    def incidents_in_states(
+        self, client: str | None, states: Sequence[str], limit: int
+    ) -> tuple[int, list[IncidentBrief]]:
+        """How many incidents (of `client`, or all) are in `states`, and the `limit` the
+        entity became aware of first (so the first due)."""
+        where = f"state IN ({', '.join('?' * len(states))})"
+        params: list[object] = list(states)
+        if client is not None:
+            where += " AND client = ?"
+            params.append(client)
+        with self._tx(write=False) as cur:
+            self._exec(cur, f"SELECT COUNT(*) FROM ndb_incidents WHERE {where}", params)  # noqa: S608
+            total = int(cur.fetchone()[0])
+            self._exec(
+                cur,
+                "SELECT id, summary, state, aware_unix, client, technician, individuals"  # noqa: S608
+                f" FROM ndb_incidents WHERE {where} ORDER BY aware_unix, id LIMIT ?",
+                (*params, limit),
+            )
+            return total, [
+                IncidentBrief(
+                    int(r[0]), str(r[1]), str(r[2]), float(r[3]), str(r[4]), r[5] or "", int(r[6])
                 )
                 for r in cur.fetchall()
             ]
