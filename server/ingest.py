@@ -32,6 +32,8 @@ from protos.evidence.merkle import record_leaves
 from protos.evidence.note import parse_checkpoint
 from protos.evidence.origins import agent_origin
 from protos.wire import pb, rpc
+from server.detect.events import access_observation, observation_of
+from server.detect.model import Observation
 from server.log import ServerLog
 from server.store import AgentKeyRow, StoreConflictError, StoredRecord, StoreError
 from server.tls import PeerError, peer_from_auth_context
@@ -116,10 +118,14 @@ class Prepared:
     batch_id: int
     first: int
     records: list[StoredRecord]
+    observations: list[Observation] | None  # for detection; None when it is off
     checkpoint: bytes
     new_head: bytes
     leaves: list[bytes]
     learnt: list[EpochKey]
+
+
+_new_tuple = tuple.__new__
 
 
 def to_record(agent_id: str, client: str, link: Link, event: pb.Event) -> StoredRecord:
@@ -127,24 +133,7 @@ def to_record(agent_id: str, client: str, link: Link, event: pb.Event) -> Stored
     kind = event.WhichOneof("body") or "unknown"
     if kind == "access":
         a = event.access
-        s, o = a.subject, a.object
-        # Positional, and each field read once: this runs for every event ingested.
-        return StoredRecord(
-            agent_id,
-            link.seq,
-            link.event,
-            link.hash,
-            client,
-            event.unix_nanos,
-            kind,
-            s.technician or None,
-            s.os_user or None,
-            o.area or None,
-            _ACTIONS.get(a.action),
-            _VERDICTS.get(a.verdict),
-            a.rule or None,
-            o.path or None,
-        )
+        return access_record(agent_id, client, link, event.unix_nanos, a, a.subject, a.object)
     technician = area = None
     if kind == "grant":
         technician = event.grant.technician or None
@@ -160,6 +149,42 @@ def to_record(agent_id: str, client: str, link: Link, event: pb.Event) -> Stored
         technician,
         None,
         area,
+    )
+
+
+def access_record(  # noqa: PLR0917 - the parts of one event, read once by the caller
+    agent_id: str,
+    client: str,
+    link: Link,
+    unix_nanos: int,
+    access: pb.AccessDecision,
+    subject: pb.Subject,
+    obj: pb.Object,
+) -> StoredRecord:
+    """The stored record of an access event, from the parts of it the caller already read.
+
+    This runs for every event ingested: each field is read once, and the tuple is made with
+    tuple.__new__ (all of StoredRecord's fields, in order), skipping the NamedTuple's __new__
+    that would only pack the same arguments (~0.4 µs an event).
+    """
+    return _new_tuple(
+        StoredRecord,
+        (
+            agent_id,
+            link.seq,
+            link.event,
+            link.hash,
+            client,
+            unix_nanos,
+            "access",
+            subject.technician or None,
+            subject.os_user or None,
+            obj.area or None,
+            _ACTIONS.get(access.action),
+            _VERDICTS.get(access.verdict),
+            access.rule or None,
+            obj.path or None,
+        ),
     )
 
 
@@ -246,11 +271,13 @@ def _refused(exc: ev.EvidenceError, next_seq: int) -> RefusedError:
 
 
 def parse_records(
-    state: StreamState, links: Sequence[Link], expected_seq: int
-) -> tuple[list[StoredRecord], list[Rotation]]:
-    """Parse verified event bytes into stored records (each must be this agent's own), and
-    the KeyRotated announcements among them."""
+    state: StreamState, links: Sequence[Link], expected_seq: int, *, observe: bool = False
+) -> tuple[list[StoredRecord], list[Observation] | None, list[Rotation]]:
+    """Parse verified event bytes into stored records (each must be this agent's own), their
+    observations for detection when `observe` (from the same parse), and the KeyRotated
+    announcements among them."""
     out: list[StoredRecord] = []
+    observations: list[Observation] | None = [] if observe else None
     rotations: list[Rotation] = []
     agent_id, client = state.agent_id, state.client
     parse = pb.Event.FromString
@@ -273,12 +300,21 @@ def parse_records(
                 "wrong_agent",
                 expected_seq,
             )
-        record = to_record(agent_id, client, link, event)
-        if record.kind == "key_rotated":
-            k = event.key_rotated
-            rotations.append(Rotation(link.seq, k.epoch, bytes(k.public_key)))
+        if event.WhichOneof("body") == "access":  # nearly every event: its parts read once
+            a = event.access
+            s, o = a.subject, a.object
+            record = access_record(agent_id, client, link, event.unix_nanos, a, s, o)
+            if observations is not None:
+                observations.append(access_observation(record, a, s, o))
+        else:
+            record = to_record(agent_id, client, link, event)
+            if record.kind == "key_rotated":
+                k = event.key_rotated
+                rotations.append(Rotation(link.seq, k.epoch, bytes(k.public_key)))
+            if observations is not None:
+                observations.append(observation_of(record, event))
         out.append(record)
-    return out, rotations
+    return out, observations, rotations
 
 
 class Ingest:
@@ -322,7 +358,9 @@ class Ingest:
         if len(fresh) < len(links):
             self._check_replay(state, [link for link in links if link.seq < next_seq], next_seq)
         if fresh:
-            records, rotations = parse_records(state, fresh, next_seq)
+            records, observations, rotations = parse_records(
+                state, fresh, next_seq, observe=self.rt.detector is not None
+            )
             learnt = check_checkpoint(
                 state, bytes(batch.checkpoint), fresh, new_head, rotations, next_seq
             )
@@ -330,6 +368,7 @@ class Ingest:
                 batch.batch_id,
                 next_seq,
                 records,
+                observations,
                 bytes(batch.checkpoint),
                 new_head,
                 record_leaves(next_seq, [link.hash for link in fresh]),
@@ -349,12 +388,21 @@ class Ingest:
         links, new_head = check_batch(
             state, expected, state.verified_head, batch, self.rt.limits.max_batch_events
         )
-        records, rotations = parse_records(state, links, expected)
+        records, observations, rotations = parse_records(
+            state, links, expected, observe=self.rt.detector is not None
+        )
         checkpoint = bytes(batch.checkpoint)
         learnt = check_checkpoint(state, checkpoint, links, new_head, rotations, expected)
         leaves = record_leaves(links[0].seq, [link.hash for link in links])
         prepared = Prepared(
-            batch.batch_id, links[0].seq, records, checkpoint, new_head, leaves, learnt
+            batch.batch_id,
+            links[0].seq,
+            records,
+            observations,
+            checkpoint,
+            new_head,
+            leaves,
+            learnt,
         )
         state.verified_next, state.verified_head = links[-1].seq + 1, new_head
         return prepared
@@ -390,16 +438,18 @@ class Ingest:
         for k in p.learnt:
             log.info("agent_key_learnt", agent=agent_id, epoch=k.epoch, valid_from=k.valid_from)
         self.logs.append(agent_id, p.records, p.leaves)
-        self._detect(p.records)
+        self._detect(p.records, p.observations)
         return next_seq
 
-    def _detect(self, records: Sequence[StoredRecord]) -> None:
+    def _detect(
+        self, records: Sequence[StoredRecord], observations: Sequence[Observation] | None
+    ) -> None:
         """Hand committed records to the detector; a failure leaves them to its catch-up."""
         detector = self.rt.detector
         if detector is None or not records:
             return
         try:
-            detector.on_committed(records, time.time())
+            detector.on_committed(records, time.time(), observations)
         except Exception as exc:  # stored evidence must be acked regardless
             log.exception("detect_failed", agent=records[0].agent_id, error=repr(exc)[:300])
 

@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from policies.compile import CompiledAgreement
 from protos.wire import pb
 from server.detect.events import observation
-from server.detect.model import OLD_AGREEMENT, AgentStatus, Finding
+from server.detect.model import OLD_AGREEMENT, AgentStatus, Finding, Observation
 from server.detect.rules import ClientView, Rules
 from server.detect.state import RuleState
 from server.incidents.model import UNDECIDED, Entity, Incident
@@ -32,6 +32,7 @@ from server.store.incidents import Change, IncidentStore
 log = structlog.get_logger("custodes.server.detect")
 
 DEDUP_WINDOW_S = 3600.0
+NANOS = 1_000_000_000
 CATCH_UP_PAGE = 5000
 
 
@@ -94,33 +95,64 @@ class Detector:
 
     # -- the seam -------------------------------------------------------------------------
 
-    def on_committed(self, records: Sequence[StoredRecord], received_unix: float) -> list[Incident]:
+    def on_committed(
+        self,
+        records: Sequence[StoredRecord],
+        received_unix: float,
+        observations: Sequence[Observation] | None = None,
+    ) -> list[Incident]:
         """Evaluate a committed batch (records of one or more agents, each in seq order).
 
+        `observations`, when given, are the records' observations in the same order (ingest
+        builds them from the parse it already made); otherwise the records are parsed here.
         Records below an agent's cursor were evaluated before and are skipped; a gap below
         the batch (a crash between commit and this call) is read back from the store first.
+        Raises ValueError when `observations` do not match `records` one for one.
         """
-        return self._evaluate(records, received_unix)
+        if observations is not None and len(observations) != len(records):
+            raise ValueError(
+                f"{len(observations)} observations for {len(records)} records; expected one each"
+            )
+        return self._evaluate(records, received_unix, observations)
 
     def _evaluate(
-        self, records: Sequence[StoredRecord], received_unix: float | None
+        self,
+        records: Sequence[StoredRecord],
+        received_unix: float | None,
+        observations: Sequence[Observation] | None = None,
     ) -> list[Incident]:
         """`on_committed`; `received_unix` None for events read back (arrival unknown)."""
         findings: list[Finding] = []
         cursors: dict[str, int] = {}
-        for rec in records:
-            cursor = cursors.get(rec.agent_id, self._cursors.get(rec.agent_id, 0))
-            if rec.seq < cursor:
+        evaluate = self.rules.evaluate
+        # Per agent, not per event: a batch is one agent's contiguous run of records.
+        agent: str | None = None
+        cursor = start = 0
+        skew_after = 0.0  # events dated after this (ns) may be ahead of their arrival
+        for i, rec in enumerate(records):
+            if rec.agent_id != agent:
+                if agent is not None and cursor != start:
+                    cursors[agent] = cursor
+                agent = rec.agent_id
+                cursor = start = cursors.get(agent, self._cursors.get(agent, 0))
+                if received_unix is not None:
+                    # A second's slack: skew_finding makes the exact comparison.
+                    bound = self.rules.thresholds(rec.client).clock_skew_s
+                    skew_after = (received_unix + bound - 1.0) * NANOS
+            seq = rec.seq
+            if seq < cursor:
                 continue
-            if rec.seq > cursor:
-                cursor = self._read_back(rec.agent_id, cursor, rec.seq, findings)
-            obs = observation(rec)
-            findings.extend(self.rules.evaluate(obs))
-            if received_unix is not None:
+            if seq > cursor:
+                cursor = self._read_back(agent, cursor, seq, findings)
+            obs = observation(rec) if observations is None else observations[i]
+            findings.extend(evaluate(obs))
+            if received_unix is not None and obs.unix_nanos > skew_after:
                 skew = self.rules.skew_finding(obs, received_unix)
                 if skew is not None:
                     findings.append(skew)
-            cursors[rec.agent_id] = rec.seq + 1
+            cursor = seq + 1
+        if agent is not None and cursor != start:
+            cursors[agent] = cursor
         if not cursors:
             return []
         return self._commit(findings, cursors)

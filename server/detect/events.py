@@ -1,4 +1,9 @@
-"""Stored records → observations: parse the verified event bytes once, at the edge."""
+"""Stored records → observations: the verified event parsed once, at the edge.
+
+Ingest parses every event it stores (for the indexed columns) and hands that parse to
+`observation_of`, so a live batch is never parsed twice; `observation` parses the stored
+bytes for events read back from the store (catch-up after a restart).
+"""
 
 from __future__ import annotations
 
@@ -15,41 +20,34 @@ _GRANT_KINDS = {
     pb.GrantEvent.KIND_REFUSED: "refused",
 }
 _UNSET_LOGINUID = (-1, 4_294_967_295)
+_new_tuple = tuple.__new__
+
+
+_PARSED = frozenset({"access", "grant", "agreement", "started", "loss", "gate"})
 
 
 def observation(rec: StoredRecord) -> Observation:
     """The observation of one stored record; the indexed columns when the bytes do not parse."""
-    if rec.kind not in ("access", "grant", "agreement", "started", "loss", "gate"):
+    if rec.kind not in _PARSED:
         return _columns(rec)
     try:
         event = pb.Event.FromString(rec.event)
     except DecodeError:
         return _columns(rec)  # stored verbatim after verification; the columns still hold
+    return observation_of(rec, event)
+
+
+def observation_of(rec: StoredRecord, event: pb.Event) -> Observation:
+    """The observation of a stored record whose bytes `event` was parsed from.
+
+    The indexed columns come from `rec`; what the rules need beyond them from `event`.
+    """
     kind = rec.kind
     if kind == "access":
         a = event.access
-        s, o = a.subject, a.object
-        return Observation(
-            agent_id=rec.agent_id,
-            seq=rec.seq,
-            client=rec.client,
-            unix_nanos=rec.unix_nanos,
-            kind=kind,
-            technician=rec.technician,
-            principal=s.principal or None,
-            account=rec.account,
-            uid=s.uid,
-            login_account=s.login_user or None,
-            loginuid=None if s.loginuid in _UNSET_LOGINUID else s.loginuid,
-            area=rec.area,
-            action=rec.action,
-            verdict=rec.verdict,
-            rule=rec.rule,
-            path=rec.path,
-            kinds=tuple(o.kinds),
-            individuals_estimate=o.individuals_estimate,
-            grant_id=a.grant_id or None,
-        )
+        return access_observation(rec, a, a.subject, a.object)
+    if kind not in _PARSED:
+        return _columns(rec)
     if kind == "grant":
         g = event.grant
         return Observation(
@@ -95,6 +93,46 @@ def observation(rec: StoredRecord) -> Observation:
         unix_nanos=rec.unix_nanos,
         kind=kind,
         detail=detail[:500],
+    )
+
+
+def access_observation(
+    rec: StoredRecord, access: pb.AccessDecision, subject: pb.Subject, obj: pb.Object
+) -> Observation:
+    """The observation of an access event's record, from the parts of it ingest already read.
+
+    Every event ingested comes through here: each field is read once, and the tuple is made
+    with tuple.__new__ (all of Observation's fields, in order), skipping the NamedTuple's
+    __new__ that would only pack the same arguments (~0.4 µs an event).
+    """
+    loginuid, kinds = subject.loginuid, obj.kinds
+    return _new_tuple(
+        Observation,
+        (
+            rec.agent_id,
+            rec.seq,
+            rec.client,
+            rec.unix_nanos,
+            "access",
+            rec.technician,
+            subject.principal or None,
+            rec.account,
+            subject.uid,
+            subject.login_user or None,
+            None if loginuid in _UNSET_LOGINUID else loginuid,
+            rec.area,
+            rec.action,
+            rec.verdict,
+            rec.rule,
+            rec.path,
+            tuple(kinds) if kinds else (),  # tuple() of an empty repeated field costs ~0.6 µs
+            obj.individuals_estimate,
+            access.grant_id or None,
+            None,  # grant_kind
+            None,  # agreement_version
+            None,  # agreement_accepted
+            None,  # detail
+        ),
     )
 
 

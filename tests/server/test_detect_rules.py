@@ -88,9 +88,7 @@ def test_an_applied_grant_covers_reads_until_it_expires() -> None:
     )
     r.evaluate(grant)
     assert [f for i in range(1, 80) for f in r.evaluate(read(i))] == []
-    r.evaluate(
-        Observation(**{**{s: getattr(grant, s) for s in grant.__slots__}, "grant_kind": "expired"})
-    )
+    r.evaluate(grant._replace(grant_kind="expired"))
     fired = [f for i in range(100, 160) for f in r.evaluate(read(i))]
     assert fired
     assert fired[0].rule == "bulk_read"
