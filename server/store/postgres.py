@@ -17,8 +17,8 @@ import psycopg
 from psycopg import conninfo
 
 from server.store import migrations
-from server.store.base import StoreError
-from server.store.sql import EVENT_COLUMNS, Cursor, SqlStore, mapped_errors
+from server.store.base import StoredRecord, StoreError
+from server.store.sql import EVENT_COLUMNS, Cursor, SqlStore, event_rows, mapped_errors
 
 CONNECT_TIMEOUT_S = 10
 _MIGRATION_LOCK = 0x637573746F646573  # "custodes"
@@ -82,12 +82,14 @@ class PostgresStore(SqlStore):
             with self._conn.transaction(), self._conn.cursor() as cur:
                 yield cur
 
-    def _insert_events(self, cur: Cursor, rows: Sequence[tuple[object, ...]]) -> None:
+    def _insert_events(
+        self, cur: Cursor, records: Sequence[StoredRecord], leaves: Sequence[bytes]
+    ) -> None:
         if not isinstance(cur, psycopg.Cursor):  # pragma: no cover - the protocol's one use
             raise StoreError(f"expected a psycopg cursor, got {type(cur).__name__}")
         with cur.copy(_COPY_EVENTS) as copy:
             copy.set_types(_EVENT_TYPES)
-            for row in rows:
+            for row in event_rows(records, leaves):
                 copy.write_row(row)
 
     def _has_table(self, cur: Cursor, name: str) -> bool:

@@ -2,7 +2,7 @@
 
 Queries are written once with `?` placeholders; PostgreSQL's subclass turns them into
 `%s`. A dialect provides `_transaction` (one transaction, mapped errors), `_insert_events`
-(executemany or COPY), `_has_table` and `_lock_schema`.
+(multi-row INSERTs or COPY), `_has_table` and `_lock_schema`.
 """
 
 from __future__ import annotations
@@ -156,8 +156,10 @@ class SqlStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def _insert_events(self, cur: Cursor, rows: Sequence[tuple[object, ...]]) -> None:
-        """Insert event rows (EVENT_COLUMNS order) as fast as the dialect allows."""
+    def _insert_events(
+        self, cur: Cursor, records: Sequence[StoredRecord], leaves: Sequence[bytes]
+    ) -> None:
+        """Insert the records with their leaf hashes (one each) as fast as the dialect allows."""
 
     @abc.abstractmethod
     def _has_table(self, cur: Cursor, name: str) -> bool:
@@ -355,7 +357,9 @@ class SqlStore(abc.ABC):
             won = cur.rowcount == 1
             if won:
                 if records:
-                    self._insert_events(cur, event_rows(records, leaves))
+                    if leaves is None or len(leaves) != len(records):
+                        leaves = record_leaves(records[0].seq, [r.chain_hash for r in records])
+                    self._insert_events(cur, records, leaves)
                 self._exec(
                     cur,
                     "INSERT INTO agent_checkpoints (agent_id, size, note) VALUES (?, ?, ?)"

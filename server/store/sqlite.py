@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from server.store import migrations
+from server.store.base import StoredRecord
 from server.store.sql import EVENT_COLUMNS, Cursor, SqlStore, mapped_errors
 
 Synchronous = Literal["NORMAL", "FULL"]
@@ -88,7 +89,9 @@ class SqliteStore(SqlStore):
                     self._conn.rollback()
                 raise
 
-    def _insert_events(self, cur: Cursor, rows: Sequence[tuple[object, ...]]) -> None:
+    def _insert_events(
+        self, cur: Cursor, records: Sequence[StoredRecord], leaves: Sequence[bytes]
+    ) -> None:
         """Multi-row INSERTs of up to ROWS_PER_INSERT rows, not executemany.
 
         executemany steps once per row and lets go of the GIL at every step; with another
@@ -97,13 +100,12 @@ class SqliteStore(SqlStore):
         per chunk binds in C and steps once: 135k rows/s alone (executemany 75k), 37-60k
         with a busy thread beside it (executemany 1.7k).
         """
-        per, at, end = self._rows_per_insert, 0, len(rows)
+        per, at, end = self._rows_per_insert, 0, len(records)
         while at < end:
             # Full chunks, then powers of two: a handful of distinct statements in all, so
             # the connection's statement cache never holds one per batch size.
             n = per if end - at >= per else 1 << ((end - at).bit_length() - 1)
-            chunk = rows[at : at + n]
-            cur.execute(_insert_rows(n), [v for row in chunk for v in row])
+            cur.execute(_insert_rows(n), _parameters(records[at : at + n], leaves[at : at + n]))
             at += n
 
     def _has_table(self, cur: Cursor, name: str) -> bool:
@@ -116,6 +118,22 @@ class SqliteStore(SqlStore):
     def _run_script(self, cur: Cursor, sql: str) -> None:
         for statement in migrations.sqlite_statements(sql):
             cur.execute(statement)
+
+
+def _parameters(records: Sequence[StoredRecord], leaves: Sequence[bytes]) -> list[object]:
+    """The bound values of one multi-row INSERT, row after row in EVENT_COLUMNS order.
+
+    The three hashes and the event go in as bytearrays: sqlite3 binds a bytearray (like str
+    and int) directly, but looks up an adapter for every bytes value first (a tuple, a dict
+    lookup and two attribute lookups, under the GIL); the stored BLOBs are the same. With
+    the conversion this costs about 1 µs a row less than binding bytes.
+    """
+    out: list[object] = []
+    extend, blob = out.extend, bytearray
+    for r, leaf in zip(records, leaves, strict=True):
+        extend((r[0], r[1], blob(r[2]), blob(r[3]), blob(leaf)))
+        extend(r[4:])
+    return out
 
 
 def _create_private(path: Path) -> None:
