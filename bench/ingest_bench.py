@@ -8,7 +8,9 @@ Prints a table:
   * replay after an outage: a journal of --replay events (1M) written while the server was
     away, then shipped: events/s, and lost / duplicated counted against the journal's hashes;
   * the same throughput on PostgreSQL (a throwaway cluster, when initdb is installed);
-  * server RSS after the runs, and its CPU per event in the throughput runs;
+  * server RSS after the runs, and its CPU per event in the throughput runs; the agent's
+    CPU per event there too (this process: the shipper reading the journal, building
+    batches and verifying the server's checkpoints; the journal is filled before timing);
   * the machine's load average at the start and the end (other work shares the CPUs).
 
 Run: .venv/bin/python bench/ingest_bench.py [--events 200000] [--runs 3] [--seconds 10]
@@ -76,14 +78,17 @@ def open_journal(cfg, boot: str) -> Journal:  # type: ignore[no-untyped-def]
     )
 
 
-def throughput_run(server: ServerProc, base: Path, n: int, run: int) -> float:
-    return ship_all(server, base, n, f"bench-{run}")[0]
+def throughput_run(server: ServerProc, base: Path, n: int, run: int) -> tuple[float, float]:
+    """events/s and the agent's CPU seconds per event of one full-journal shipment."""
+    rate, _, agent_cpu = ship_all(server, base, n, f"bench-{run}")
+    return rate, agent_cpu
 
 
-def ship_all(server: ServerProc, base: Path, n: int, name: str) -> tuple[float, list[bytes]]:
+def ship_all(server: ServerProc, base: Path, n: int, name: str) -> tuple[float, list[bytes], float]:
     """Fill a journal with n events (the server is not shipped to), then ship all of it.
 
-    Returns events/s from the first connection to the last ack, and the journal's hashes.
+    Returns events/s from the first connection to the last ack, the journal's hashes, and
+    this process's CPU seconds per event while shipping (the agent's side of the stream).
     """
     agent = enrol_agent(server, base / f"agent-{name}", name, "clinic-bench")
     journal = open_journal(agent.cfg, "fill")
@@ -110,18 +115,20 @@ def ship_all(server: ServerProc, base: Path, n: int, name: str) -> tuple[float, 
     )
     stop = threading.Event()
     start = time.perf_counter()
+    cpu_start = time.process_time()
     thread = shipper.run_in_thread(stop)
     deadline = time.monotonic() + 1200
     total = len(hashes)
     while shipper.acked < total and time.monotonic() < deadline:
         time.sleep(0.005)
     elapsed = time.perf_counter() - start
+    agent_cpu = time.process_time() - cpu_start
     stop.set()
     thread.join(15)
     journal.close()
     if shipper.acked < total:
         raise SystemExit(f"{name}: only {shipper.acked} of {total} acknowledged")
-    return total / elapsed, hashes
+    return total / elapsed, hashes, agent_cpu / total
 
 
 def lost_and_duplicated(server: ServerProc, agent_id: str, hashes: list[bytes]) -> tuple[int, int]:
@@ -259,7 +266,9 @@ def main() -> int:
             assert server.proc is not None
             server_proc = psutil.Process(server.proc.pid)
             cpu_before = sum(server_proc.cpu_times()[:2])
-            rates = [throughput_run(server, base, args.events, r) for r in range(args.runs)]
+            runs = [throughput_run(server, base, args.events, r) for r in range(args.runs)]
+            rates = [rate for rate, _ in runs]
+            agent_us = statistics.median(cpu for _, cpu in runs) * 1e6
             # CPU seconds (user + system) the server spent per event shipped: steadier than
             # events/s on a machine others are loading.
             cpu_us = (sum(server_proc.cpu_times()[:2]) - cpu_before) / (args.events * args.runs)
@@ -267,7 +276,7 @@ def main() -> int:
                 [baseline_store_rate(base, r, args.events) for r in range(args.runs)]
             )
             p50, p99, count = latency_run(server, base, args.rate, args.seconds)
-            replay_rate, hashes = ship_all(server, base, args.replay, "bench-replay")
+            replay_rate, hashes, _ = ship_all(server, base, args.replay, "bench-replay")
             lost, dup = lost_and_duplicated(server, "bench-replay", hashes)
             assert server.proc is not None
             rss = psutil.Process(server.proc.pid).memory_info().rss
@@ -280,6 +289,7 @@ def main() -> int:
             ("baseline: store append_batch only, events/s", f"{baseline:,.0f}"),
             ("ratio end-to-end / store baseline", f"{med / baseline:.2f}"),
             ("server CPU per event in those runs, µs", f"{cpu_us * 1e6:.1f}"),
+            ("agent (shipper) CPU per event in those runs, µs", f"{agent_us:.1f}"),
             ("goal ≥ 50,000 events/s", "met" if med >= 50_000 else "NOT met"),
             (f"latency p50 at {args.rate}/s ({count} events), ms", f"{p50 * 1000:.1f}"),
             (f"latency p99 at {args.rate}/s, ms", f"{p99 * 1000:.1f}"),
