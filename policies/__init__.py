@@ -2,7 +2,9 @@
 
 Modules: `schema` (pydantic models), `load` (YAML with positions; every problem at once),
 `checks` (cross-references), `globs` and `matcher` (the path trie), `compile`
-(`CompiledAgreement`), `decide` (`decide`, `normalise_path`), `durations`, `errors`, `cli`.
+(`CompiledAgreement`: plain data, no pydantic), `isolated` (load and compile in a child
+process, for long-running processes that should never import pydantic or ruamel.yaml),
+`decide` (`decide`, `normalise_path`), `durations`, `errors`, `cli`.
 
 Semantics worth knowing:
 

@@ -1,19 +1,31 @@
-"""Compile a validated agreement once into lookup tables that answer in microseconds."""
+"""Compile a validated agreement once into lookup tables that answer in microseconds.
+
+The compiled form holds only plain data (frozen dataclasses, tuples, dicts, the path
+trie), never the pydantic models, and this module does not import pydantic: a process
+can receive a `CompiledAgreement` another process validated and compiled
+(`policies.isolated`) and decide with it without loading pydantic or ruamel.yaml. There,
+`agreement` (the validated model) is not available; everything decisions need is.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from policies.decide import decide as _decide
 from policies.decide import normalise_path
 from policies.durations import format_duration
+from policies.errors import PolicyError
 from policies.globs import literal_root, parse_glob, specificity
 from policies.matcher import PathTrie
-from policies.model import Action, Decision, Grant, Subject, SubjectKind
-from policies.schema import DAYS, Agreement, JitRule
+from policies.model import DAYS, Action, Decision, Grant, Subject, SubjectKind, Verdict
+
+if TYPE_CHECKING:
+    from policies.schema import Agreement, JitRule
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,19 +53,44 @@ class _Hit:
     exclude: bool
 
 
+@dataclass(frozen=True, slots=True)
+class GrantLimit:
+    """How far a just-in-time rule (or break-glass) lets a grant go; `areas` and
+    `technicians` None mean every one."""
+
+    areas: frozenset[str] | None
+    technicians: frozenset[str] | None
+    actions: frozenset[Action]
+    max_duration: timedelta
+
+    def allows(self, technician: str, area: str, action: Action) -> bool:
+        """True when this rule covers `technician` doing `action` in `area`."""
+        return (
+            (self.areas is None or area in self.areas)
+            and (self.technicians is None or technician in self.technicians)
+            and action in self.actions
+        )
+
+
 def _refs(refs: Sequence[str]) -> frozenset[str] | None:
     return None if "*" in refs else frozenset(refs)
+
+
+_MAPPINGS = ("technician_accounts", "principal_accounts", "scope")
 
 
 class CompiledAgreement:
     """An agreement ready to decide: account maps, the area trie, rules indexed by area."""
 
     def __init__(self, agreement: Agreement) -> None:
-        self.agreement = agreement
-        self.client = agreement.client.id
-        self.version = agreement.version
-        self.sha256 = agreement.sha256
-        self.timezone = agreement.timezone
+        self._agreement: Agreement | None = agreement
+        self.client: str = agreement.client.id
+        self.version: str = agreement.version
+        self.sha256: str = agreement.sha256
+        self.timezone: ZoneInfo = agreement.timezone
+        self.area_ids: tuple[str, ...] = tuple(a.id for a in agreement.areas)
+        self.technician_ids: tuple[str, ...] = tuple(t.id for t in agreement.technicians)
+        self.others = Verdict(agreement.others)
         self.technician_accounts: Mapping[str, str] = MappingProxyType(
             {acct: t.id for t in agreement.technicians for acct in t.accounts}
         )
@@ -77,16 +114,60 @@ class CompiledAgreement:
                 segments = parse_glob(glob)
                 self._trie.add(segments, _Hit(index, specificity(segments), exclude=True))
         self.scope: Mapping[str, tuple[ScopeRule, ...]] = self._index_scope(agreement)
-        self._jit = agreement.just_in_time
+        self._jit = tuple(
+            GrantLimit(_refs(r.areas), _refs(r.technicians), frozenset(r.actions), r.max_duration)
+            for r in agreement.just_in_time
+        )
+        glass = agreement.break_glass
+        self.break_glass: GrantLimit | None = (
+            GrantLimit(_refs(glass.areas), None, frozenset(glass.actions), glass.max_duration)
+            if glass.allowed
+            else None
+        )
         self._hours: list[list[tuple[time, time]]] = [[] for _ in DAYS]
         for block in agreement.business_hours:
             for day in block.days:
                 self._hours[DAYS.index(day)].append((block.start, block.end))
-        self._holidays = frozenset(agreement.holidays)
+        self._holidays: frozenset[date] = frozenset(agreement.holidays)
         self._last_hours: tuple[datetime, bool] | None = None
         # Decisions that depend only on (rule, who, area, action) are immutable and reused;
         # their number is bounded by the agreement's size, and capped here besides.
         self.decision_cache: dict[tuple[str, ...], Decision] = {}
+
+    @property
+    def agreement(self) -> Agreement:
+        """The validated agreement this was compiled from.
+
+        Raises PolicyError in a process that received the compiled form from another one
+        (`policies.isolated`): the models stayed there; use the compiled attributes.
+        """
+        if self._agreement is None:
+            raise PolicyError(
+                f"agreement {self.version!r} was compiled in another process; its validated "
+                "model is not kept here (expected the compiled attributes to be used)"
+            )
+        return self._agreement
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the pydantic model (and the caches): plain data only."""
+        state = {
+            k: getattr(self, k)
+            for k in vars(self)
+            if k not in ("_agreement", "decision_cache", "_last_hours")
+        }
+        for k in _MAPPINGS:
+            state[k] = dict(state[k])
+        state["timezone"] = self.timezone.key  # by name: no pickled callable
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Rebuild from `__getstate__`'s plain data, without the model."""
+        for k, v in state.items():
+            setattr(self, k, MappingProxyType(v) if k in _MAPPINGS else v)
+        self.timezone = ZoneInfo(state["timezone"])
+        self._agreement = None
+        self._last_hours = None
+        self.decision_cache = {}
 
     @staticmethod
     def _index_scope(agreement: Agreement) -> Mapping[str, tuple[ScopeRule, ...]]:
@@ -170,14 +251,19 @@ class CompiledAgreement:
         return result
 
     def jit_rules_for(self, technician: str, area: str, action: Action) -> list[JitRule]:
-        """The just-in-time rules under which `technician` may request `action` in `area`."""
+        """The just-in-time rules under which `technician` may request `action` in `area`.
+
+        Raises PolicyError where the agreement was compiled in another process
+        (`jit_limits_for` answers there).
+        """
+        rules = self.agreement.just_in_time
         return [
-            rule
-            for rule in self._jit
-            if ("*" in rule.areas or area in rule.areas)
-            and ("*" in rule.technicians or technician in rule.technicians)
-            and action in rule.actions
+            rules[i] for i, limit in enumerate(self._jit) if limit.allows(technician, area, action)
         ]
+
+    def jit_limits_for(self, technician: str, area: str, action: Action) -> list[GrantLimit]:
+        """The limits of the just-in-time rules that cover `technician`, `area`, `action`."""
+        return [limit for limit in self._jit if limit.allows(technician, area, action)]
 
     def grant_refusal(self, grant: Grant, action: Action) -> str | None:
         """Why the agreement does not honour `grant` for `action`, or None if it does.
@@ -187,10 +273,10 @@ class CompiledAgreement:
         """
         length = grant.end - grant.start
         if grant.break_glass:
-            glass = self.agreement.break_glass
-            if not glass.allowed:
+            glass = self.break_glass
+            if glass is None:
                 return "the agreement allows no break-glass access"
-            if "*" not in glass.areas and grant.area not in glass.areas:
+            if glass.areas is not None and grant.area not in glass.areas:
                 return f"break-glass does not extend to {grant.area}"
             if action not in glass.actions:
                 return f"break-glass does not allow {action}"
@@ -200,7 +286,7 @@ class CompiledAgreement:
                     f"{format_duration(glass.max_duration)}"
                 )
             return None
-        rules = self.jit_rules_for(grant.technician, grant.area, action)
+        rules = self.jit_limits_for(grant.technician, grant.area, action)
         if not rules:
             return (
                 f"the agreement lets no one request {action} on {grant.area} for {grant.technician}"

@@ -97,7 +97,7 @@ def decide(  # noqa: PLR0917 - the signature the gate and server code against
             )
         return found
 
-    verdict = Verdict(compiled.agreement.others)
+    verdict = compiled.others
     principal = compiled.principal_accounts.get(subject.account)
     if principal is not None:  # a principal's account running an unpinned program
         return _in_area(
@@ -250,7 +250,7 @@ def _technician(  # noqa: PLR0917 - internal step of decide, same arguments
 
 
 def _grantable(compiled: CompiledAgreement, tech: str, area: str, action: Action) -> bool:
-    if compiled.jit_rules_for(tech, area, action):
+    if compiled.jit_limits_for(tech, area, action):
         return True
-    glass = compiled.agreement.break_glass
-    return glass.allowed and ("*" in glass.areas or area in glass.areas) and action in glass.actions
+    glass = compiled.break_glass
+    return glass is not None and glass.allows(tech, area, action)

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from policies.globs import Segment, segment_regex
 
 T = TypeVar("T")
+
+
+def _fullmatch(text: str) -> Callable[[str], object]:
+    return re.compile(segment_regex(text), re.DOTALL).fullmatch
 
 
 class _Node(Generic[T]):
@@ -26,6 +30,15 @@ class _Node(Generic[T]):
         self.dstar: _Node[T] | None = None
         self.terminal: list[T] = []
         self.leaf = True  # no children: a `**` node that is a leaf matches any rest
+
+    def __getstate__(self) -> tuple[object, ...]:
+        # The compiled regexes are rebuilt from `wild_index` (same order) when unpickled,
+        # so the pickled form holds only strings, lists, dicts and nodes.
+        return (self.literal, self.wild_index, self.dstar, self.terminal, self.leaf)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.literal, self.wild_index, self.dstar, self.terminal, self.leaf = state
+        self.wild = [(_fullmatch(text), child) for text, child in self.wild_index.items()]
 
 
 class PathTrie(Generic[T]):
@@ -50,8 +63,7 @@ class PathTrie(Generic[T]):
                 if child is None:
                     child = _Node()
                     node.wild_index[seg.text] = child
-                    fullmatch = re.compile(segment_regex(seg.text), re.DOTALL).fullmatch
-                    node.wild.append((fullmatch, child))
+                    node.wild.append((_fullmatch(seg.text), child))
                 node = child
             else:
                 if node.dstar is None:

@@ -28,7 +28,7 @@ from pydantic import (
 
 from policies.durations import format_duration, parse_duration
 from policies.globs import parse_glob
-from policies.model import Action
+from policies.model import Action, Day
 
 # Ceilings: a grant that long is no longer "just in time"; break-glass is for an emergency.
 JIT_MAX_DURATION_CEILING = timedelta(days=14)
@@ -53,8 +53,6 @@ Kind = Literal[
     "biometric",
     "genetic",
 ]
-Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 Hours = Literal["business", "any"]
 ApproverRole = Literal[
     "msp_lead", "msp_owner", "client_manager", "practice_manager", "privacy_officer"

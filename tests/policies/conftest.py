@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from policies.compile import CompiledAgreement, compile_agreement
+from policies.isolated import compile_isolated
 from policies.load import parse_agreement
 
 AGREEMENTS = Path(__file__).resolve().parents[2] / "policies" / "agreements"
@@ -88,7 +89,14 @@ retention: 7y
 """
 
 
-@pytest.fixture(scope="session")
-def compiled() -> CompiledAgreement:
-    """The VALID agreement, compiled."""
-    return compile_agreement(parse_agreement(VALID, filename="valid.yaml"))
+@pytest.fixture(scope="session", params=["here", "isolated"])
+def compiled(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> CompiledAgreement:
+    """The VALID agreement, compiled in this process, and in a child (`policies.isolated`,
+    as the agent daemon does): every decision test runs against both."""
+    if request.param == "here":
+        return compile_agreement(parse_agreement(VALID, filename="valid.yaml"))
+    path = tmp_path_factory.mktemp("isolated") / "valid.yaml"
+    path.write_text(VALID, encoding="utf-8")
+    return compile_isolated(path)
