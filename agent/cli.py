@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.config import AgentConfig, ConfigError, load_config, render_config
+from agent.config import AgentConfig, ConfigError, config_from_mapping, load_config, render_config
 from agent.enroll import register_enroll
 from agent.keys import epoch_verifier, load_or_create
 from protos.errors import CustodesError
@@ -87,7 +87,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     path = Path(args.config)
     if path.exists() and not args.force:
         raise ConfigError(f"{path} exists; expected a new file", hint="pass --force to replace")
-    cfg = AgentConfig.model_validate(
+    cfg = config_from_mapping(
         {
             "agent_id": args.agent_id,
             "client": args.client,

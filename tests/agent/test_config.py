@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, ConfigError, load_config, parse_config, render_config
+from agent.config import (
+    AgentConfig,
+    ConfigError,
+    Limits,
+    load_config,
+    parse_config,
+    render_config,
+)
 
 GOOD = """
 agent_id = "clinic-01"
@@ -97,3 +104,28 @@ def test_origin_is_the_evidence_agent_origin(tmp_path: Path) -> None:
         source=tmp_path / "agent.toml",
     )
     assert cfg.origin == agent_origin("clinic", "srv-01") == "custodes.agent/clinic/srv-01"
+
+
+def test_every_problem_is_named_at_once(tmp_path: Path) -> None:
+    text = (
+        'agent_id = "bad id"\nclient = "c"\nagreement = 3\nstate_dir = "s"\ncolour = "red"\n'
+        "[limits]\nqueue_events = true\nheartbeat_seconds = 0\nsnooze = 1\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, source=tmp_path / "agent.toml")
+    for needle in (
+        "agent_id:",
+        "agreement: expected a path",
+        "colour: unknown key",
+        "limits.queue_events: expected an integer, got bool",
+        "limits.heartbeat_seconds: 0 is out of range",
+        "limits.snooze: unknown key",
+    ):
+        assert needle in str(err.value)
+
+
+def test_limits_built_in_code_are_checked_too() -> None:
+    with pytest.raises(ConfigError, match=r"limits\.group_events"):
+        Limits(group_events=0)
+    assert Limits(watchdog_seconds=5).watchdog_seconds == 5.0
+    assert isinstance(Limits(watchdog_seconds=5).watchdog_seconds, float)
