@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -220,8 +220,8 @@ class Marker:
                     fan.mark(self.perm_fd, fan.FAN_MARK_ADD | fan.FAN_MARK_MOUNT, PERM_MASK, p.root)
                     self.stats.perm_marks += 1
                 else:
-                    # List first, mark after: our own listing of marked directories would
-                    # each cost a round trip through the gate.
+                    # Each directory is marked once its subtree is listed: our own listing
+                    # of a marked directory (or of a child of one) would wait on the gate.
                     self._mark_dirs(_walk_dirs(p.root))
                 self.plans.append(p)
 
@@ -406,22 +406,34 @@ class Marker:
         self._mount_fds.clear()
 
 
-def _walk_dirs(root: str, count_files: MarkerStats | None = None) -> list[str]:
-    """Every directory below `root` (itself first), not following symlinks, bounded."""
-    out = [root]
-    i = 0
-    while i < len(out) and len(out) < MAX_DIRS:
+def _walk_dirs(root: str, count_files: MarkerStats | None = None) -> Iterator[str]:
+    """Every directory below `root`, each yielded once its whole subtree has been listed
+    (`root` last); not following symlinks, bounded by MAX_DIRS listed directories.
+
+    A caller that marks each directory as it is yielded never lists a marked directory or
+    a child of one, so marking needs no answer thread; and only the pending part of the
+    walk is held (about depth x width paths), not one string per directory of the tree.
+    """
+    stack: list[tuple[str, bool]] = [(root, False)]
+    listed = 0
+    while stack:
+        path, done = stack.pop()
+        if done:
+            yield path
+            continue
+        if listed >= MAX_DIRS:
+            continue  # past the bound: neither listed nor marked
+        listed += 1
+        stack.append((path, True))
         try:
-            with os.scandir(out[i]) as it:
+            with os.scandir(path) as it:
                 for entry in it:
                     if count_files is not None:
                         count_files.found_in_new_dirs += 1
                     if entry.is_dir(follow_symlinks=False):
-                        out.append(entry.path)
+                        stack.append((entry.path, False))
         except OSError:
             pass  # vanished or unreadable: nothing below it to mark
-        i += 1
-    return out
 
 
 class PathMap:

@@ -93,6 +93,18 @@ def test_walk_lists_every_directory_without_following_symlinks(workdir: Path) ->
     )
 
 
+def test_walk_yields_each_directory_after_everything_below_it(workdir: Path) -> None:
+    # Marking in this order never lists a marked directory (or a child of one): no round
+    # trip through a gate that may not be answering yet.
+    for d in ("a/b/c", "a/b/d", "a/e", "f"):
+        (workdir / d).mkdir(parents=True)
+    order = list(_walk_dirs(str(workdir)))
+    assert order[-1] == str(workdir)
+    assert len(order) == len(set(order)) == 7
+    for i, d in enumerate(order):
+        assert not any(o.startswith(d + "/") for o in order[i + 1 :]), (d, order)
+
+
 @pytest.mark.root
 def test_marker_counts_and_removes_its_marks(workdir: Path) -> None:
     (workdir / "t/x/y").mkdir(parents=True)
