@@ -1,6 +1,8 @@
 """The agent daemon: wiring of configuration, agreement, journal, gate, grants and signals.
 
-Start: load agent.toml and the agreement, refuse to run when the agent's own code,
+Start: load agent.toml and the agreement (validated and compiled in a short-lived child
+process, policies.isolated, so that pydantic and ruamel.yaml never stay resident here; the
+C heap is trimmed once start is done), refuse to run when the agent's own code,
 interpreter, venv, configuration or state lie inside an area root, open the journal, start
 the gate (or monitor mode when not root, not Linux or fanotify is unavailable: stated at
 start and in every heartbeat), journal AgentStarted, tell systemd READY=1.
@@ -48,9 +50,9 @@ from agent.events import (
 from agent.grants import GrantBook, GrantFile, GrantsFileError, read_grants_file
 from agent.heartbeat import HeartbeatMeter
 from agent.journal import Journal
-from policies.compile import CompiledAgreement, compile_agreement
+from policies.compile import CompiledAgreement
 from policies.errors import PolicyError
-from policies.load import load_agreement
+from policies.isolated import compile_isolated
 from protos.errors import CustodesError
 from protos.files import write_atomic
 
@@ -142,7 +144,24 @@ def check_outside_areas(compiled: CompiledAgreement, paths: dict[str, Path]) -> 
 
 
 def _load(path: Path) -> CompiledAgreement:
-    return compile_agreement(load_agreement(path))
+    # Validated and compiled in a child process: pydantic and ruamel.yaml never load here.
+    return compile_isolated(path)
+
+
+def release_free_memory() -> bool:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim); False when the
+    C library has none. What start allocated and freed (the agreement's answer from the
+    loader, the marking walk, the journal's recovery) would otherwise stay resident: ~0.8 MB
+    measured with 100k marked directories."""
+    import ctypes  # noqa: PLC0415 - once, at the end of start
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return bool(trim(0))
 
 
 def _file_sha256(path: Path) -> str:
@@ -250,18 +269,20 @@ class Daemon:
         """Everything up to READY=1. Raises StartRefusedError, JournalError, PolicyError."""
         cfg = self.cfg
         paths = own_paths(cfg, self.config_path)
+        compiled: CompiledAgreement | None = None
         if self.server_agreement_path.is_file():
             try:
-                _load(self.server_agreement_path)
+                compiled = _load(self.server_agreement_path)
                 self._agreement_path = self.server_agreement_path
             except PolicyError as exc:
                 log.warning("server_agreement_unusable", error=str(exc)[:500])
-        try:
-            compiled = _load(self._agreement_path)
-        except PolicyError as exc:
-            raise StartRefusedError(
-                f"the agreement {self._agreement_path} does not load:\n{exc}", hint=exc.hint
-            ) from exc
+        if compiled is None:
+            try:
+                compiled = _load(self._agreement_path)
+            except PolicyError as exc:
+                raise StartRefusedError(
+                    f"the agreement {self._agreement_path} does not load:\n{exc}", hint=exc.hint
+                ) from exc
         if compiled.client != cfg.client:
             raise StartRefusedError(
                 f"the agreement is for client {compiled.client!r}; agent.toml says {cfg.client!r}",
@@ -297,10 +318,7 @@ class Daemon:
             )
         )
         journal.note(AgreementRecord(compiled.version, compiled.sha256, accepted=True))
-        self._book = GrantBook(
-            [a.id for a in compiled.agreement.areas],
-            [t.id for t in compiled.agreement.technicians],
-        )
+        self._book = GrantBook(compiled.area_ids, compiled.technician_ids)
         self._refresh_grants(force=True)
         journal.flush()
         self._start_shipping(journal)
@@ -309,6 +327,7 @@ class Daemon:
         # collection on the answer thread walks only what the events themselves allocate.
         gc.collect()
         gc.freeze()
+        release_free_memory()
         log.info(
             "agent_started",
             agent_id=cfg.agent_id,
@@ -512,10 +531,7 @@ class Daemon:
             return False
         self._compiled = compiled
         if self._book is not None:
-            self._book.retarget(
-                [a.id for a in compiled.agreement.areas],
-                [t.id for t in compiled.agreement.technicians],
-            )
+            self._book.retarget(compiled.area_ids, compiled.technician_ids)
         journal.note(AgreementRecord(compiled.version, compiled.sha256, accepted=True))
         log.info("agreement_reloaded", version=compiled.version, reason=reason)
         self._refresh_grants(force=True)
