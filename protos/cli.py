@@ -9,16 +9,20 @@ Subcommand groups live with their packages and are found through the
 from __future__ import annotations
 
 import argparse
+import importlib
+import re
 import sys
 from collections.abc import Callable, Sequence
-from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from typing import NamedTuple
 
-import structlog
-
+# protos.logs imports structlog (its way: see there) before anything else does.
 from protos import logs
 from protos.errors import CustodesError
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+GROUP = "custodes.commands"
+_MAX_ENTRY_POINTS_BYTES = 64 * 1024
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -45,6 +49,73 @@ def _requested_group(argv: Sequence[str] | None) -> str | None:
             continue
         return arg
     return None
+
+
+class EntryPoint(NamedTuple):
+    """One `custodes.commands` entry point: `value` is "module:attribute"."""
+
+    name: str
+    value: str
+    group: str = GROUP
+
+    def load(self) -> Register:
+        """Import the module and return the attribute (ImportError, AttributeError)."""
+        module, _, attr = self.value.partition(":")
+        obj: object = importlib.import_module(module.strip())
+        for part in attr.strip().split(".") if attr.strip() else ():
+            obj = getattr(obj, part)
+        return obj  # type: ignore[return-value]
+
+
+def _dist_key(dirname: str) -> str:
+    # "custodes-0.1.0.dist-info" -> "custodes", normalised as importlib.metadata does.
+    return re.sub(r"[-_.]+", "_", dirname.rsplit(".", 1)[0].split("-", 1)[0]).lower()
+
+
+def entry_points(group: str) -> list[EntryPoint]:
+    """The entry points of `group` declared by the distributions on sys.path.
+
+    What `importlib.metadata.entry_points(group=...)` returns for installed (not zipped)
+    distributions, the first of a name on sys.path winning; read here without importing
+    importlib.metadata, which brings email, zipfile, csv, lzma and bz2 (about 1.2 MB) into
+    every process, the agent daemon included, for its whole life.
+    """
+    found: list[EntryPoint] = []
+    seen: set[str] = set()
+    for base in sys.path:
+        try:
+            dists = sorted(Path(base or ".").iterdir())
+        except OSError:
+            continue
+        for dist in dists:
+            if not dist.name.endswith((".dist-info", ".egg-info")):
+                continue
+            key = _dist_key(dist.name)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                with (dist / "entry_points.txt").open("rb") as f:
+                    text = f.read(_MAX_ENTRY_POINTS_BYTES).decode("utf-8", "replace")
+            except OSError:
+                continue
+            found += _parse_entry_points(text, group)
+    return found
+
+
+def _parse_entry_points(text: str, group: str) -> list[EntryPoint]:
+    section = ""
+    out: list[EntryPoint] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        elif section == group and "=" in line:
+            name, value = line.split("=", 1)
+            out.append(EntryPoint(name.strip(), value.strip(), group))
+    return out
 
 
 def _load_order(ep: EntryPoint) -> tuple[int, str]:
@@ -75,7 +146,7 @@ def build_parser(
     groups = parser.add_subparsers(dest="group", metavar="GROUP")
     groups.required = True
     wanted = _requested_group(argv)
-    for ep in sorted(entry_points(group="custodes.commands"), key=_load_order):
+    for ep in sorted(entry_points(group=GROUP), key=_load_order):
         if wanted is not None and wanted in groups.choices:
             break  # only what the command needs: `agent run` never imports the server
         try:
@@ -117,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:  # the last line of defence: log it, print one line, exit 1
-        structlog.get_logger().exception("command_crashed", command=args.group)
+        logs.get_logger().exception("command_crashed", command=args.group)
         print(f"custodes: internal error: {exc!r}", file=sys.stderr)
         print("hint: this is a bug; the log above has the details", file=sys.stderr)
         return EXIT_FAILED

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -73,6 +72,8 @@ def split_address(address: str) -> tuple[str, int]:
 
 def pinned_cert(host: str, port: int, fingerprint: str) -> bytes:
     """The server's certificate (PEM) if its SHA-256 fingerprint matches; EnrolmentError if not."""
+    import ssl  # noqa: PLC0415 - only when enrolling: the daemon imports this module
+
     from cryptography import x509  # noqa: PLC0415 - only when enrolling: keeps the daemon light
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - only when enrolling: keeps the daemon light
 

@@ -6,11 +6,51 @@ rendering on a terminal. Only the entry module (`protos.cli`) calls `configure`.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
+import types
 from typing import Literal
 
-import structlog
+
+class _ImportedOnUse(types.ModuleType):
+    """Stands in for a module that a library imports but uses only inside functions: the
+    real module is imported on the first attribute looked up (then found in sys.modules)."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(importlib.import_module(self.__name__), name)
+
+
+def _import_structlog() -> None:
+    """structlog, without importing asyncio (and with it ssl, subprocess, selectors ...).
+
+    structlog imports asyncio at the top of two modules for its async log methods (`ainfo`
+    and friends), which none of our processes call; in a long-running daemon those
+    modules would stay resident for nothing (about 2 MB). While structlog is imported, a
+    stand-in takes asyncio's place in sys.modules and is then removed: structlog keeps the
+    stand-in, which imports the real asyncio the first time an async method uses it, and
+    every other importer gets the real module as usual.
+    """
+    if "structlog" in sys.modules or "asyncio" in sys.modules:
+        return
+    stand_in = _ImportedOnUse("asyncio")
+    sys.modules["asyncio"] = stand_in
+    try:
+        importlib.import_module("structlog")
+    finally:
+        if sys.modules.get("asyncio") is stand_in:
+            del sys.modules["asyncio"]
+
+
+_import_structlog()
+import structlog  # noqa: E402 - after the stand-in above has done its work
+
+
+def get_logger(name: str | None = None) -> structlog.typing.FilteringBoundLogger:
+    """A structlog logger (for modules that must import structlog through this one)."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
+    return logger
+
 
 LogFormat = Literal["auto", "json", "console"]
 
