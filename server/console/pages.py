@@ -219,7 +219,7 @@ def _agent(src: views.Sources, viewer: Person, agent_id: str, now: int) -> dict[
     today = dt.datetime.fromtimestamp(now, zone).replace(hour=0, minute=0, second=0, microsecond=0)
     starts = [today - dt.timedelta(days=13 - i) for i in range(14)]
     bounds = [int(s.timestamp()) for s in starts] + [now + 1]
-    seqs = [src.console.first_seq_at(agent_id, b * views.NANOS, agent.next_seq) for b in bounds]
+    seqs = src.console.first_seqs_at(agent_id, [b * views.NANOS for b in bounds], agent.next_seq)
     life = src.console.lifecycle(agent_id, bounds[0] * views.NANOS)
     findings = [f for f in src.store.integrity_events(agent_id) if f.at_unix >= bounds[0]]
     days = []

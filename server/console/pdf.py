@@ -59,22 +59,29 @@ def _safe(text: str, family: str) -> str:
 
 
 class _Measure:
-    """Text widths in mm for the current font, from a per-glyph cache."""
+    """Text widths in mm for the current font, from per-glyph and per-text caches (table
+    cells repeat: technician ids, areas, actions, states)."""
 
     def __init__(self, pdf: FPDF) -> None:
         self._pdf = pdf
-        self._cache: dict[tuple[str, str, float], dict[str, float]] = {}
+        self._glyphs: dict[tuple[str, str, float], dict[str, float]] = {}
+        self._texts: dict[tuple[str, str, float, str], float] = {}
 
     def __call__(self, text: str) -> float:
         pdf = self._pdf
         key = (pdf.font_family, pdf.font_style, pdf.font_size_pt)
-        table = self._cache.setdefault(key, {})
+        known = self._texts.get((*key, text))
+        if known is not None:
+            return known
+        table = self._glyphs.setdefault(key, {})
         total = 0.0
         for ch in text:
             w = table.get(ch)
             if w is None:
                 w = table[ch] = pdf.get_string_width(ch)
             total += w
+        if len(self._texts) < 50_000:
+            self._texts[(*key, text)] = total
         return total
 
 

@@ -20,7 +20,7 @@ from server.console.views import NANOS, Sources, local
 from server.incidents.model import ASSESSMENT_DAYS, DAY_S
 from server.store.access import StoredRequest
 
-MAX_DENIALS = 500  # listed one by one; the rest are counted, and in the events export
+MAX_DENIALS = 200  # listed one by one; the rest are counted, and in the events export
 MAX_GRANTS = 200  # requests listed (newest first); the rest are counted
 MAX_INCIDENTS = 200  # listed; the rest are counted, and in the breach register
 MAX_ROLL_UP = 200_000  # events a statement counts into the rollup itself (~0.6 s at most)

@@ -473,24 +473,34 @@ class ConsoleStore:
             )
             return [(int(r[0]), str(r[1])) for r in cur.fetchall()]
 
-    def first_seq_at(self, agent_id: str, nanos: int, next_seq: int) -> int:
-        """The first seq whose time is at or after `nanos` (binary search over the primary key).
+    def first_seqs_at(self, agent_id: str, nanos: Sequence[int], next_seq: int) -> list[int]:
+        """For each time in `nanos`, the first seq whose time is at or after it (binary
+        searches over the primary key, run side by side: one query per step for all).
 
         An agent's seq grows with its clock, so counting events per day needs no time index:
         the events of a day are the seqs between two boundaries.
         """
-        lo, hi = 0, next_seq
+        bounds = [[0, next_seq] for _ in nanos]
         with self._tx(write=False) as cur:
-            while lo < hi:
-                mid = (lo + hi) // 2
+            for _ in range(64):  # a binary search over 2**63 seqs ends sooner
+                mids = {(lo + hi) // 2 for lo, hi in bounds if lo < hi}
+                if not mids:
+                    break
+                marks = ", ".join("?" * len(mids))
                 self._exec(
                     cur,
-                    "SELECT unix_nanos FROM events WHERE agent_id = ? AND seq = ?",
-                    (agent_id, mid),
+                    "SELECT seq, unix_nanos FROM events"  # noqa: S608 - placeholders only
+                    f" WHERE agent_id = ? AND seq IN ({marks})",
+                    (agent_id, *sorted(mids)),
                 )
-                row = cur.fetchone()
-                if row is None or int(row[0]) >= nanos:  # a pruned seq counts as later
-                    hi = mid
-                else:
-                    lo = mid + 1
-        return lo
+                times = {int(r[0]): int(r[1]) for r in cur.fetchall()}
+                for b, at in zip(bounds, nanos, strict=True):
+                    lo, hi = b
+                    if lo < hi:
+                        mid = (lo + hi) // 2
+                        found = times.get(mid)
+                        if found is None or found >= at:  # a pruned seq counts as later
+                            b[1] = mid
+                        else:
+                            b[0] = mid + 1
+        return [lo for lo, _ in bounds]
