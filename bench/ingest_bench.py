@@ -243,6 +243,23 @@ def latency_run(
     return statistics.median(lat), lat[int(len(lat) * 0.99) - 1], len(lat)
 
 
+def postgres_cpu(postmaster: int) -> dict[int, float]:
+    """CPU seconds (user + system) of the cluster's processes, by PID.
+
+    Compare two of these for the growth: backends that ended in between are not seen (the
+    server keeps its connection open, and ingest's work runs in its backend).
+    """
+    procs = [psutil.Process(postmaster)]
+    procs += procs[0].children(recursive=True)
+    out: dict[int, float] = {}
+    for proc in procs:
+        try:
+            out[proc.pid] = sum(proc.cpu_times()[:2])
+        except psutil.Error:  # a backend that just exited
+            continue
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--events", type=int, default=200_000)
@@ -309,10 +326,15 @@ def main() -> int:
                     assert pg.proc is not None
                     pg_proc = psutil.Process(pg.proc.pid)
                     pg_cpu = sum(pg_proc.cpu_times()[:2])
+                    db_cpu = postgres_cpu(cluster.process.pid)
                     pg_rates = [
                         ship_all(pg, base, args.events, f"pg-{r}")[0] for r in range(args.runs)
                     ]
                     pg_cpu = (sum(pg_proc.cpu_times()[:2]) - pg_cpu) / (args.events * args.runs)
+                    db_us = sum(
+                        cpu - db_cpu.get(pid, 0.0)
+                        for pid, cpu in postgres_cpu(cluster.process.pid).items()
+                    ) / (args.events * args.runs)
                     assert pg.proc is not None
                     pg_rss = psutil.Process(pg.proc.pid).memory_info().rss
                 finally:
@@ -326,6 +348,7 @@ def main() -> int:
                 ),
                 ("  runs", ", ".join(f"{r:,.0f}" for r in pg_rates)),
                 ("server CPU per event in those runs, µs", f"{pg_cpu * 1e6:.1f}"),
+                ("PostgreSQL's own CPU per event in those runs, µs", f"{db_us * 1e6:.1f}"),
                 ("server RSS after the runs (PostgreSQL), MiB", f"{pg_rss / 2**20:.1f}"),
             ]
     rows.insert(
