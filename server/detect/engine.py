@@ -22,7 +22,7 @@ from policies.compile import CompiledAgreement
 from protos.wire import pb
 from server.detect.events import observation
 from server.detect.model import OLD_AGREEMENT, AgentStatus, Finding, Observation
-from server.detect.rules import ClientView, Rules
+from server.detect.rules import NANOS, ClientView, Rules
 from server.detect.state import RuleState
 from server.incidents.model import UNDECIDED, Entity, Incident
 from server.notify import NotifyConfig, reminder_event
@@ -32,7 +32,6 @@ from server.store.incidents import Change, IncidentStore
 log = structlog.get_logger("custodes.server.detect")
 
 DEDUP_WINDOW_S = 3600.0
-NANOS = 1_000_000_000
 CATCH_UP_PAGE = 5000
 
 
