@@ -1,12 +1,13 @@
 """What the gate marks, and keeping the marks true as directories come and go.
 
-`marks = "auto"` (agent.toml): an area root that is the root of its own filesystem (not
-the root filesystem) gets one filesystem mark: it covers every path to that data, bind
-mounts included, with no race. Any other root gets an inode mark on every directory below
-it (FAN_EVENT_ON_CHILD covers the files in each); a second, notification group reports new
+`marks = "auto"` (agent.toml): an area root that is the root of its own filesystem (not the
+root filesystem) gets one filesystem mark: it covers every path to that data, bind mounts
+included, with no race. Any other root gets an inode mark on every directory below it
+(FAN_EVENT_ON_CHILD covers the files in each); a second, notification group reports new
 directories (FAN_CREATE and FAN_MOVED_TO with FAN_ONDIR), which are then marked and
-rescanned. A file opened in a new directory before its mark lands escapes the gate:
-`Marker.stats` counts new directories and the files found already in them when marked.
+rescanned. The walks that mark a tree are C (agent/_marktree.c, without the GIL). A file
+opened in a new directory before its mark lands escapes the gate: `Marker.stats` counts new
+directories and the files found already in them when marked.
 
 `marks = "mount"` puts one mount mark on a root that is a mount point: every file opened
 through that mount, new directories included, with no race and no notification group; but
@@ -23,12 +24,13 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from agent import fanotify as fan
+from agent._marktree import mark_tree
 from protos.errors import CustodesError
 
 PERM_MASK = fan.FAN_OPEN_PERM | fan.FAN_OPEN_EXEC_PERM | fan.FAN_ONDIR
@@ -222,7 +224,7 @@ class Marker:
                 else:
                     # Each directory is marked once its subtree is listed: our own listing
                     # of a marked directory (or of a child of one) would wait on the gate.
-                    self._mark_dirs(_walk_dirs(p.root))
+                    self._mark_tree(p.root)
                 self.plans.append(p)
 
     def remove(self, plans: Sequence[RootPlan]) -> None:
@@ -257,6 +259,24 @@ class Marker:
         key = fan.fsid_of(root)
         if key not in self._mount_fds:
             self._mount_fds[key] = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _mark_tree(self, root: str, *, rescan: bool = False) -> None:
+        """Mark every directory below `root` (agent._marktree); a rescan leaves `root`
+        itself (marked already) and counts the entries found in what it lists."""
+        perm, notif, errors, entries = mark_tree(
+            self.perm_fd,
+            self.notif_fd,
+            root,
+            PERM_MASK | fan.FAN_EVENT_ON_CHILD,
+            NOTIF_MASK,
+            rescan,
+            MAX_DIRS,
+        )
+        self.stats.perm_marks += perm
+        self.stats.notif_marks += notif
+        self.stats.mark_errors += errors
+        if rescan:
+            self.stats.found_in_new_dirs += entries
 
     def _mark_dirs(self, dirs: Iterable[str], dirfd: int = fan.AT_FDCWD) -> int:
         flags = fan.FAN_MARK_ADD | fan.FAN_MARK_DONT_FOLLOW | fan.FAN_MARK_ONLYDIR
@@ -390,9 +410,7 @@ class Marker:
                 self._mark_dirs([path])
             # Rescan after marking: what appeared before the mark is marked now; files
             # already there may have been opened ungated, so they are counted.
-            for d in _walk_dirs(path, count_files=self.stats):
-                if d != path:
-                    self._mark_dirs([d])
+            self._mark_tree(path, rescan=True)
 
     @property
     def marks(self) -> int:
@@ -404,36 +422,6 @@ class Marker:
         for fd in self._mount_fds.values():
             os.close(fd)
         self._mount_fds.clear()
-
-
-def _walk_dirs(root: str, count_files: MarkerStats | None = None) -> Iterator[str]:
-    """Every directory below `root`, each yielded once its whole subtree has been listed
-    (`root` last); not following symlinks, bounded by MAX_DIRS listed directories.
-
-    A caller that marks each directory as it is yielded never lists a marked directory or
-    a child of one, so marking needs no answer thread; and only the pending part of the
-    walk is held (about depth x width paths), not one string per directory of the tree.
-    """
-    stack: list[tuple[str, bool]] = [(root, False)]
-    listed = 0
-    while stack:
-        path, done = stack.pop()
-        if done:
-            yield path
-            continue
-        if listed >= MAX_DIRS:
-            continue  # past the bound: neither listed nor marked
-        listed += 1
-        stack.append((path, True))
-        try:
-            with os.scandir(path) as it:
-                for entry in it:
-                    if count_files is not None:
-                        count_files.found_in_new_dirs += 1
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append((entry.path, False))
-        except OSError:
-            pass  # vanished or unreadable: nothing below it to mark
 
 
 class PathMap:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from agent import fanotify as fan
-from agent.marks import Marker, MarkRefused, PathMap, _walk_dirs, plan, read_mounts
+from agent._marktree import walk
+from agent.marks import Marker, MarkRefused, PathMap, plan, read_mounts
 from tests.agent.conftest import bind_mounted, mounted_tmpfs
 
 
@@ -88,7 +89,7 @@ def test_walk_lists_every_directory_without_following_symlinks(workdir: Path) ->
     (workdir / "a/b/c").mkdir(parents=True)
     (workdir / "a/file").write_text("x")
     (workdir / "a/loop").symlink_to(workdir)
-    assert sorted(_walk_dirs(str(workdir))) == sorted(
+    assert sorted(walk(str(workdir))) == sorted(
         str(p) for p in (workdir, workdir / "a", workdir / "a/b", workdir / "a/b/c")
     )
 
@@ -98,11 +99,19 @@ def test_walk_yields_each_directory_after_everything_below_it(workdir: Path) -> 
     # trip through a gate that may not be answering yet.
     for d in ("a/b/c", "a/b/d", "a/e", "f"):
         (workdir / d).mkdir(parents=True)
-    order = list(_walk_dirs(str(workdir)))
+    order = walk(str(workdir))
     assert order[-1] == str(workdir)
     assert len(order) == len(set(order)) == 7
     for i, d in enumerate(order):
         assert not any(o.startswith(d + "/") for o in order[i + 1 :]), (d, order)
+
+
+def test_walk_is_bounded_by_the_directories_it_lists(workdir: Path) -> None:
+    for d in ("a/b/c", "a/e", "f"):
+        (workdir / d).mkdir(parents=True)
+    assert walk(str(workdir), 1) == [str(workdir)]  # listed the root only: children unlisted
+    assert len(walk(str(workdir), 3)) == 3
+    assert len(walk(str(workdir))) == 6
 
 
 @pytest.mark.root
