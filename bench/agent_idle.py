@@ -1,17 +1,27 @@
-"""The real agent daemon at rest: time to mark N directories, resident memory and idle CPU.
+"""The real agent daemon at rest: time to mark N directories, resident memory and idle CPU,
+not enrolled (it only gates and journals) and enrolled (it also ships to a real server).
 
 Root only. Builds a tree of N directories in a temporary directory (inode marks: it is not
-the root of its own filesystem), writes an agreement whose one area is that tree, starts
-`custodes agent run` (not enrolled: no shipper), waits until it logs `agent_started` (every
-mark placed, journal open: what READY=1 follows), checks in its fanotify fdinfo that every
-directory is marked, then samples VmRSS and CPU time over an idle window. The fdinfo is read
-once, not polled: printing 100k marks holds the group's mark lock, and polling it slowed the
-marking it measured (and the sum over both groups reached N when half were marked).
-Breakdown in the same run: a bare `python -c` interpreter's RSS; an interpreter that has
-imported what the daemon imports (protos.cli, agent.cli, agent.daemon, agent.gate) and
-nothing else; the daemon's RSS when it has started.
+the root of its own filesystem), writes an agreement whose one area is that tree, and runs
+`custodes agent run` over it twice per round, one after the other: once not enrolled (no
+shipper), once enrolled with a real server on a free loopback port (`custodes server init` +
+`server run` from the transport tests' harness, `server enroll-token`, `agent enroll`).
+Each run waits until the daemon logs `agent_started` (every mark placed, journal open: what
+READY=1 follows) and, enrolled, `ship_resumed` (the shipper's stream is up and the server
+answered its Hello); checks in its fanotify fdinfo that every directory is marked; then
+samples VmRSS and CPU time over an idle window. VmRSS is split into anonymous (private:
+heap, stacks, Python objects) and file-backed pages (mostly shared libraries' code: shared
+with other processes and reclaimable). The fdinfo is read once, not polled: printing 100k
+marks holds the group's mark lock, and polling it slowed the marking it measured (and the
+sum over both groups reached N when half were marked). Figures are medians over the rounds.
+Breakdown in the same run, fresh `python -c` interpreters: bare; after what the daemon
+imports (protos.cli, agent.cli, agent.daemon, agent.gate) and nothing else; that plus
+`import grpc`; that plus the rest of what an enrolled daemon imports (the shipper, server
+grants, the gRPC stubs); a bare one after `import grpc`. What the enrolled daemon holds
+beyond those imports is the running shipper (channel, TLS, gRPC's and asyncio's threads).
+The load average is printed at the start and the end (other work shares the CPUs).
 
-    sudo .venv/bin/python -m bench.agent_idle [--dirs 100000] [--idle 10]
+    sudo .venv/bin/python -m bench.agent_idle [--dirs 100000] [--idle 10] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -20,13 +30,22 @@ import argparse
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.server.test_ingest_harness import ServerProc, cli  # noqa: E402
+
 BIN = Path(sys.executable).parent / "custodes"
+CLIENT = "idle-bench"
+START_S = 120.0
 AGREEMENT = """\
 client: {{id: idle-bench, name: Idle bench}}
 privacy_contact: {{name: Bench, email: bench@example.invalid, phone: "+61 2 0000 0000"}}
@@ -66,13 +85,32 @@ def make_tree(root: Path, dirs: int) -> None:
             return
 
 
-IMPORTS_PROBE = """\
-import sys
+DAEMON_IMPORTS = """\
 from protos import cli
 cli.build_parser(argv=["agent", "run"])
 import agent.daemon, agent.gate, agent.marks, agent.fanotify
+"""
+# What _start_shipping adds when the state directory holds credentials.
+SHIPPER_IMPORTS = """\
+import agent.enroll, agent.delivery, agent.ship
+from protos.wire import rpc
+"""
+PRINT_RSS = """\
 print(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])
 """
+
+
+def probe_rss(code: str) -> int:
+    """VmRSS in KiB of a fresh interpreter once it has run `code`."""
+    out = subprocess.run(
+        [sys.executable, "-c", code + PRINT_RSS],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=ROOT,
+    ).stdout
+    return int(out.split()[-1])
 
 
 def marks_of(pid: int) -> list[int]:
@@ -92,10 +130,10 @@ def marks_of(pid: int) -> list[int]:
     return sorted(counts, reverse=True) or [0]
 
 
-def rss_kib(pid: int) -> int:
-    """VmRSS of a process in KiB."""
+def status_kib(pid: int, field: str = "VmRSS") -> int:
+    """A memory field of /proc/PID/status (VmRSS, RssAnon, RssFile) in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
     return 0
 
@@ -106,100 +144,223 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+@dataclass(frozen=True)
+class Rest:
+    """One daemon run: start to all marked, start to shipping, RSS (KiB), idle CPU (%).
+
+    `anon` is the private memory (heap, stacks, Python objects); `file` the pages of
+    mapped files, mostly shared libraries' code: clean, shared with any other process
+    mapping the same file, and reclaimable under memory pressure.
+    """
+
+    marks: int
+    to_started: float
+    to_shipping: float | None
+    started_rss: int
+    rss: int
+    anon: int
+    file: int
+    cpu: float
+
+
+class BenchError(Exception):
+    """A daemon did not start, mark, connect or stay up as the benchmark needs."""
+
+
+def init_agent(work: Path, name: str) -> Path:
+    """`custodes agent init` for an agent `name` over the shared agreement; its agent.toml."""
+    config = work / name / "agent.toml"
+    config.parent.mkdir()
+    cli(
+        "agent",
+        "init",
+        "--config",
+        str(config),
+        "--agent-id",
+        name,
+        "--client",
+        CLIENT,
+        "--agreement",
+        str(work / "agreement.yaml"),
+        "--state-dir",
+        str(config.parent / "state"),
+    )
+    return config
+
+
+def enrol(server: ServerProc, config: Path) -> None:
+    """Enrol the agent of `config` with `server` through the CLI, as an installer would."""
+    token = server.token(CLIENT)
+    cli(
+        "agent",
+        "enroll",
+        "--server",
+        server.address,
+        "--enrol-port",
+        str(server.enrol_port),
+        "--token",
+        token,
+        "--config",
+        str(config),
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the daemon we started (by its PID), then SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def at_rest(config: Path, want: int, idle: float, *, shipping: bool) -> Rest:
+    """Run the daemon of `config` until started (and shipping), idle, measure, stop it."""
+    log = config.parent / f"agent-{time.monotonic_ns()}.log"
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [BIN, "--log-format", "json", "agent", "run", "--config", config],
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
+    try:
+        to_started: float | None = None
+        to_shipping: float | None = None
+        deadline = time.monotonic() + START_S
+        while time.monotonic() < deadline and proc.poll() is None:
+            text = log.read_bytes()
+            if to_started is None and b'"agent_started"' in text:
+                to_started = time.perf_counter() - started
+            if to_shipping is None and b'"ship_resumed"' in text:
+                to_shipping = time.perf_counter() - started
+            if to_started is not None and (to_shipping is not None or not shipping):
+                break
+            time.sleep(0.02)
+        tail = log.read_text(errors="replace")[-2000:]
+        if proc.poll() is not None or to_started is None:
+            raise BenchError(f"the daemon did not start within {START_S:.0f} s: {tail}")
+        if shipping and to_shipping is None:
+            raise BenchError(f"the shipper did not connect within {START_S:.0f} s: {tail}")
+        marked = marks_of(proc.pid)[0]
+        if marked < want:
+            raise BenchError(f"only {marked} of {want} marks")
+        started_rss = status_kib(proc.pid)
+        time.sleep(2.0)
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(idle)
+        cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0) * 100
+        rss, anon, file = (status_kib(proc.pid, f) for f in ("VmRSS", "RssAnon", "RssFile"))
+        if proc.poll() is not None:
+            raise BenchError(f"the daemon exited while idle: {tail}")
+        return Rest(marked, to_started, to_shipping, started_rss, rss, anon, file, cpu)
+    finally:
+        stop(proc)
+
+
+def median(rests: list[Rest], field: str) -> float:
+    """The median of one field over the rounds."""
+    return statistics.median(float(getattr(r, field)) for r in rests)
+
+
+def split(rests: list[Rest]) -> str:
+    """Median anonymous / file-backed resident MiB."""
+    return f"{median(rests, 'anon') / 1024:.1f} / {median(rests, 'file') / 1024:.1f} MiB"
+
+
+def report(args: argparse.Namespace, load0: str, plain: list[Rest], enrolled: list[Rest]) -> None:
+    """Print the table (medians over the rounds)."""
+    bare = probe_rss("")
+    grpc_only = probe_rss("import grpc\n")
+    daemon = probe_rss(DAEMON_IMPORTS)
+    daemon_grpc = probe_rss(DAEMON_IMPORTS + "import grpc\n")
+    shipper = probe_rss(DAEMON_IMPORTS + "import grpc\n" + SHIPPER_IMPORTS)
+    mib = 1024
+    p_rss, e_rss = median(plain, "rss"), median(enrolled, "rss")
+    diff = e_rss - p_rss
+    rows: list[tuple[str, str]] = [
+        ("load average at the start", load0),
+        (f"rounds (medians; idle window {args.idle:g} s)", f"{args.rounds}"),
+        ("directories marked (permission group)", f"{int(median(plain, 'marks')):,}"),
+        ("not enrolled:", ""),
+        ("process start to agent_started (all marked)", f"{median(plain, 'to_started'):.2f} s"),
+        ("daemon RSS, idle", f"{p_rss / mib:.1f} MiB"),
+        ("  anonymous / file-backed", split(plain)),
+        ("  bare interpreter RSS (baseline)", f"{bare / mib:.1f} MiB"),
+        ("  interpreter after the daemon imports", f"{daemon / mib:.1f} MiB"),
+        ("  daemon RSS at agent_started", f"{median(plain, 'started_rss') / mib:.1f} MiB"),
+        (f"daemon idle CPU over {args.idle:g} s", f"{median(plain, 'cpu'):.2f} %"),
+        ("enrolled (shipping to a loopback server):", ""),
+        ("process start to agent_started (all marked)", f"{median(enrolled, 'to_started'):.2f} s"),
+        ("process start to ship_resumed (connected)", f"{median(enrolled, 'to_shipping'):.2f} s"),
+        ("daemon RSS, idle", f"{e_rss / mib:.1f} MiB"),
+        ("  anonymous / file-backed", split(enrolled)),
+        ("  enrolled - not enrolled", f"{diff / mib:+.1f} MiB"),
+        (
+            "    anonymous / file-backed",
+            f"{(median(enrolled, 'anon') - median(plain, 'anon')) / mib:+.1f} / "
+            f"{(median(enrolled, 'file') - median(plain, 'file')) / mib:+.1f} MiB",
+        ),
+        ("    import grpc after the daemon imports", f"{(daemon_grpc - daemon) / mib:+.1f} MiB"),
+        ("    the shipper's own imports after grpc", f"{(shipper - daemon_grpc) / mib:+.1f} MiB"),
+        ("    running: channel, TLS, threads, loop", f"{(diff - shipper + daemon) / mib:+.1f} MiB"),
+        ("  import grpc in a bare interpreter", f"{(grpc_only - bare) / mib:+.1f} MiB"),
+        ("  daemon RSS at agent_started", f"{median(enrolled, 'started_rss') / mib:.1f} MiB"),
+        (f"daemon idle CPU over {args.idle:g} s", f"{median(enrolled, 'cpu'):.2f} %"),
+        ("load average at the end", load_average()),
+    ]
+    print(f"{'what':46} {'value':>16}")
+    for what, value in rows:
+        print(f"{what:46} {value:>16}")
+
+
 def main() -> int:
     """Print the table; exit non-zero when something did not work."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dirs", type=int, default=100_000)
     ap.add_argument("--idle", type=float, default=10.0, help="seconds of idle sampling")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each daemon, alternating")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("agent_idle: run as root (fanotify)", file=sys.stderr)
         return 1
+    load0 = load_average()
     work = Path(tempfile.mkdtemp(prefix="custodes-idle-"))
-    proc: subprocess.Popen[bytes] | None = None
+    server = ServerProc(work / "server")
     try:
         tree = work / "tree"
         tree.mkdir()
         make_tree(tree, args.dirs)
         (work / "agreement.yaml").write_text(AGREEMENT.format(root=tree))
-        subprocess.run(
-            [
-                BIN,
-                "agent",
-                "init",
-                "--config",
-                work / "agent.toml",
-                "--agent-id",
-                "idle",
-                "--client",
-                "idle-bench",
-                "--agreement",
-                work / "agreement.yaml",
-                "--state-dir",
-                work / "state",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        base = subprocess.run(
-            [sys.executable, "-c", "import os;print(open('/proc/self/status').read())"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout
-        base_rss = next(int(x.split()[1]) for x in base.splitlines() if x.startswith("VmRSS"))
-        imports_rss = int(
-            subprocess.run(
-                [sys.executable, "-c", IMPORTS_PROBE],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=60,
-            ).stdout.split()[-1]
-        )
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            [BIN, "--log-format", "json", "agent", "run", "--config", work / "agent.toml"],
-            stdout=subprocess.DEVNULL,
-            stderr=(work / "agent.log").open("wb"),
-        )
-        want = args.dirs + 1
-        deadline = time.monotonic() + 120
-        log = work / "agent.log"
-        while time.monotonic() < deadline and proc.poll() is None:
-            if b'"agent_started"' in log.read_bytes():
-                break
-            time.sleep(0.02)
-        to_mark = time.perf_counter() - started
-        marked = marks_of(proc.pid) if proc.poll() is None else [0]
-        if marked[0] < want:
-            print(f"agent_idle: only {marked[0]} of {want} marks", file=sys.stderr)
-            return 1
-        marked_rss = rss_kib(proc.pid)
-        time.sleep(2.0)
-        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
-        time.sleep(args.idle)
-        idle_cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0) * 100
-        rss = rss_kib(proc.pid)
-        print(f"{'what':44} {'value':>12}")
-        print(f"{'directories marked (permission group)':44} {marked[0]:>12,}")
-        print(f"{'process start to agent_started (all marked)':44} {to_mark:>10.2f} s")
-        print(f"{'daemon RSS, idle':44} {rss / 1024:>9.1f} MiB")
-        print(f"{'  bare interpreter RSS (baseline)':44} {base_rss / 1024:>9.1f} MiB")
-        print(f"{'  interpreter after the daemon imports':44} {imports_rss / 1024:>9.1f} MiB")
-        print(f"{'  daemon RSS at agent_started':44} {marked_rss / 1024:>9.1f} MiB")
-        print(f"{'daemon idle CPU over ' + str(args.idle) + ' s':44} {idle_cpu:>10.2f} %")
+        plain_cfg = init_agent(work, "idle")
+        enrolled_cfg = init_agent(work, "idle-enrolled")
+        server.init()
+        server.start()
+        enrol(server, enrolled_cfg)
+        plain: list[Rest] = []
+        enrolled: list[Rest] = []
+        for _ in range(max(1, args.rounds)):
+            plain.append(at_rest(plain_cfg, args.dirs + 1, args.idle, shipping=False))
+            enrolled.append(at_rest(enrolled_cfg, args.dirs + 1, args.idle, shipping=True))
+        report(args, load0, plain, enrolled)
         return 0
+    except (BenchError, AssertionError, subprocess.SubprocessError) as exc:
+        print(f"agent_idle: {exc}", file=sys.stderr)
+        return 1
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        if server.proc is not None:
             try:
-                proc.wait(timeout=20)
+                server.stop()
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+                server.kill()
         shutil.rmtree(work, ignore_errors=True)
 
 
