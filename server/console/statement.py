@@ -1,9 +1,12 @@
 """The client access statement: one client, one month, everything a practice needs to see.
 
 Every technician access to sensitive areas (summarised per technician, area, action and
-decision, with the rule or grant behind it), the grants and tickets, each denial, the
-incidents, and the evidence verification result per agent. Built on the database thread;
-rendered as printable HTML (templates/statement.html) and as PDF (pdf.py).
+decision, with the rule or grant behind it, and per technician per local day), the grants
+and tickets, the denials, the incidents, and the evidence verification result per agent.
+A month of a busy client holds tens of thousands of denials, so the lists are bounded
+(MAX_DENIALS, MAX_GRANTS, MAX_INCIDENTS), each with its total and where to find the rest;
+the counts are never bounded. Built on the database thread; rendered as printable HTML
+(templates/statement.html) and as PDF (pdf.py).
 """
 
 from __future__ import annotations
