@@ -12,16 +12,19 @@ import gc
 import json
 import os
 import pwd
+import select
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.gate import Gate
+from agent import fanotify as fan
+from agent.gate import EVENT_FD_FLAGS, INIT_FLAGS, Gate
 from agent.records import AccessRecord
 from policies.compile import compile_agreement
 from policies.load import parse_agreement
@@ -92,6 +95,51 @@ class CountingSink:
             on_durable(True)
 
 
+class AnswerOnly:
+    """The floor: DESIGN.md's answer-only prototype (Python, ctypes fanotify) — every event
+    allowed at once, nobody identified. Same marks as the gate on a plain directory."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._fd = -1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.events = 0
+
+    @property
+    def stats(self) -> AnswerOnly:
+        return self
+
+    def start(self) -> None:
+        self._fd = fan.init(INIT_FLAGS, EVENT_FD_FLAGS)
+        mask = fan.FAN_OPEN_PERM | fan.FAN_EVENT_ON_CHILD
+        fan.mark(self._fd, fan.FAN_MARK_ADD, mask, str(self._root))
+        self._thread.start()
+
+    def _loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(100):
+                continue
+            try:
+                buf = os.read(self._fd, 65536)
+            except BlockingIOError:
+                continue
+            off = 0
+            while off + fan.METADATA.size <= len(buf):
+                length, _v, _r, _m, _mask, efd, _pid = fan.METADATA.unpack_from(buf, off)
+                off += length
+                os.write(self._fd, fan.RESPONSE.pack(efd, fan.FAN_ALLOW))
+                os.close(efd)
+                self.events += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        os.close(self._fd)
+
+
 def _user(name: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
@@ -110,7 +158,7 @@ def _cpu_s() -> float:
 
 
 def _opens(
-    user: pwd.struct_passwd, path: Path, n: int, reps: int, gate: Gate | None = None
+    user: pwd.struct_passwd, path: Path, n: int, reps: int, gate: Gate | AnswerOnly | None = None
 ) -> tuple[float, float]:
     """Median µs per open+close over `reps` runs, and the gate's CPU µs per event (this
     process does nothing else meanwhile; 0 when ungated)."""
@@ -201,11 +249,18 @@ def _measure(
     # Interleaved: each run measures the baseline, then a fresh gate per kind of opener,
     # so a change of load during the bench hits all three alike.
     base_runs: list[float] = []
+    floor_runs: list[float] = []
     runs: dict[str, list[float]] = {"staff": [], "tech": []}
     cpu: dict[str, list[float]] = {"staff": [], "tech": []}
     lat: dict[str, list[tuple[float, float]]] = {"staff": [], "tech": []}
     for _ in range(args.reps):
         base_runs.append(_opens(staff, target, args.opens, 1)[0])
+        floor = AnswerOnly(area)
+        floor.start()
+        try:
+            floor_runs.append(_opens(staff, target, args.opens, 1, floor)[0])
+        finally:
+            floor.stop()
         for kind, user in (("staff", staff), ("tech", tech)):
             gate = Gate(policy=policy, sink=CountingSink(), roots=[str(area)])
             gate.start()
@@ -220,6 +275,14 @@ def _measure(
             lat[kind].append((st.answer_p50_us, st.answer_p99_us))
     base = statistics.median(base_runs)
     rows.append(("ungated open+close (baseline)", f"{base:.2f} µs", ""))
+    floor_us = statistics.median(floor_runs)
+    rows.append(
+        (
+            "answer-only floor (Python, allows all, identifies nobody)",
+            f"{floor_us:.2f} µs",
+            f"+{floor_us - base:.2f} µs (DESIGN.md's prototype)",
+        )
+    )
     # The goals: a non-technician's open costs ≤ 8 µs more than ungated; a technician's is
     # answered ≤ 20 µs after the gate reads it (its enrichment and record come after).
     for kind, label, open_goal, answer_goal in (
