@@ -6,6 +6,13 @@ All on the database thread. The rules' state and the per-agent cursors are writt
 same transaction as the incidents they produce, so a restart resumes exactly: events below
 an agent's cursor are never evaluated twice, events above it are read back from the store.
 
+Each agent's events are evaluated in seq order, so a backlog (a server started on events no
+Detector has seen) is read in bounded steps (`catch_up_step`, the app yields the database
+thread between them). Meanwhile the agent is *behind*: its live batches are left in the store
+for the catch-up to reach in order, rather than evaluated ahead of their predecessors or by
+reading the whole backlog back at once; only their clock is checked live, since a skewed
+clock shows against the arrival time alone, which the store does not keep.
+
 One Detector per database: two server processes sharing PostgreSQL must elect one to run
 it (the others skip `on_committed` and `tick`; the catch-up covers their batches).
 """
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import structlog
 from google.protobuf.message import DecodeError
@@ -32,7 +40,8 @@ from server.store.incidents import Change, IncidentStore
 log = structlog.get_logger("custodes.server.detect")
 
 DEDUP_WINDOW_S = 3600.0
-CATCH_UP_PAGE = 5000
+CATCH_UP_PAGE = 5000  # events read from the store (and committed with their state) at a time
+CATCH_UP_CHUNK = 10_000  # events one catch-up step evaluates: one turn of the database thread
 
 
 def entity_of(compiled: CompiledAgreement) -> Entity:
@@ -47,6 +56,15 @@ def entity_of(compiled: CompiledAgreement) -> Entity:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class CatchUpStep:
+    """What one `catch_up_step` did: events evaluated, whether the backlog is done, incidents."""
+
+    evaluated: int
+    finished: bool
+    changed: list[Incident]
+
+
 class Detector:
     """Evaluate stored events and periodic checks into incidents, exactly once."""
 
@@ -58,13 +76,17 @@ class Detector:
         *,
         notify: NotifyConfig | None = None,
         dedup_window_s: float = DEDUP_WINDOW_S,
+        catch_up_chunk: int = CATCH_UP_CHUNK,
     ) -> None:
         self.store = store
         self.incidents = IncidentStore(store)
         self.clock = clock
         self.notify = notify or NotifyConfig()
         self.window_s = dedup_window_s
+        self.chunk = catch_up_chunk
         rows, self._cursors = self.incidents.detector_state()
+        # Agents whose live batches wait for the catch-up (their backlog was a chunk or more).
+        self._behind: set[str] = set()
         self.state = RuleState.load(rows)
         self.rules = Rules({c: ClientView.of(a) for c, a in agreements.items()}, self.state)
         self.entities = {c: entity_of(a) for c, a in agreements.items()}
@@ -105,8 +127,11 @@ class Detector:
         `observations`, when given, are the records' observations in the same order (ingest
         builds them from the parse it already made); otherwise the records are parsed here.
         Records below an agent's cursor were evaluated before and are skipped; a gap below
-        the batch (a crash between commit and this call) is read back from the store first.
-        Raises ValueError when `observations` do not match `records` one for one.
+        the batch (a crash between commit and this call) shorter than a catch-up chunk is read
+        back from the store first. A longer gap, or an agent already behind, leaves the
+        records to the catch-up (`catch_up_step`), which evaluates them in order; their clock
+        is checked here. Raises ValueError when `observations` do not match `records` one for
+        one.
         """
         if observations is not None and len(observations) != len(records):
             raise ValueError(
@@ -124,9 +149,11 @@ class Detector:
         findings: list[Finding] = []
         cursors: dict[str, int] = {}
         evaluate = self.rules.evaluate
+        live = received_unix is not None
         # Per agent, not per event: a batch is one agent's contiguous run of records.
         agent: str | None = None
         cursor = start = 0
+        deferred = False  # this agent's records wait for the catch-up
         skew_after = 0.0  # events dated after this (ns) may be ahead of their arrival
         for i, rec in enumerate(records):
             if rec.agent_id != agent:
@@ -138,8 +165,20 @@ class Detector:
                     # A second's slack: skew_finding makes the exact comparison.
                     bound = self.rules.thresholds(rec.client).clock_skew_s
                     skew_after = (received_unix + bound - 1.0) * NANOS
+                deferred = live and (agent in self._behind or rec.seq - cursor >= self.chunk)
+                if deferred and agent not in self._behind:
+                    self._behind.add(agent)
+                    log.info("detector_agent_behind", agent=agent, cursor=cursor, seq=rec.seq)
             seq = rec.seq
             if seq < cursor:
+                continue
+            if deferred:
+                # Evaluated later, in order, by the catch-up; only the clock needs the arrival.
+                if received_unix is not None and rec.unix_nanos > skew_after:
+                    obs = observation(rec) if observations is None else observations[i]
+                    skew = self.rules.skew_finding(obs, received_unix)
+                    if skew is not None:
+                        findings.append(skew)
                 continue
             if seq > cursor:
                 cursor = self._read_back(agent, cursor, seq, findings)
@@ -152,7 +191,7 @@ class Detector:
             cursor = seq + 1
         if agent is not None and cursor != start:
             cursors[agent] = cursor
-        if not cursors:
+        if not cursors and not findings:
             return []
         return self._commit(findings, cursors)
 
@@ -173,10 +212,13 @@ class Detector:
         ]
         return self._commit(findings, {}) if findings else []
 
-    def tick(self, now: float | None = None) -> list[Incident]:
-        """Periodic work: catch up on stored events, silent agents, integrity, reminders."""
+    def tick(self, now: float | None = None, *, catch_up: bool = True) -> list[Incident]:
+        """Periodic work: catch up on stored events, silent agents, integrity, reminders.
+
+        `catch_up` False leaves the stored backlog to the caller's `catch_up_step`s.
+        """
         at = self.clock() if now is None else now
-        changed = self.catch_up()
+        changed = self.catch_up() if catch_up else []
         agents = self.store.list_agents()
         findings = self.rules.silent_agents(
             [
@@ -210,17 +252,57 @@ class Detector:
         return changed
 
     def catch_up(self) -> list[Incident]:
-        """Evaluate stored events no Detector has evaluated yet (after a restart)."""
+        """Evaluate every stored event no Detector has evaluated yet, in one call.
+
+        For a short backlog (tests, the tick after the stepped catch-up); the server steps
+        through a long one with `catch_up_step` instead.
+        """
         changed: list[Incident] = []
+        for _ in range(1 + self.backlog() // max(1, self.chunk) + 1):
+            step = self.catch_up_step()
+            changed += step.changed
+            if step.finished:
+                break
+        return changed
+
+    def backlog(self) -> int:
+        """How many stored events no Detector has evaluated yet."""
+        return sum(
+            max(0, a.next_seq - self._cursors.get(a.agent_id, 0)) for a in self.store.list_agents()
+        )
+
+    def catch_up_step(self, limit: int | None = None) -> CatchUpStep:
+        """Evaluate at most `limit` (default: one chunk) stored events not yet evaluated.
+
+        Agent by agent, each in seq order, the state and cursors committed with every page, so
+        a crash between steps resumes where the last page ended. An agent whose backlog is
+        done is no longer behind: its next live batch is evaluated as it commits. Call it on
+        the database thread, which must not commit ingest batches during the call.
+        """
+        budget = self.chunk if limit is None else limit
+        changed: list[Incident] = []
+        evaluated = 0
+        finished = True
         for agent in self.store.list_agents():
-            cursor = self._cursors.get(agent.agent_id, 0)
-            while cursor < agent.next_seq:
-                page = self.incidents.events_from(agent.agent_id, cursor, CATCH_UP_PAGE)
+            agent_id = agent.agent_id
+            cursor = self._cursors.get(agent_id, 0)
+            exhausted = False  # nothing stored from the cursor on (below the agent's next seq)
+            while cursor < agent.next_seq and evaluated < budget:
+                want = min(CATCH_UP_PAGE, budget - evaluated, agent.next_seq - cursor)
+                page = self.incidents.events_from(agent_id, cursor, want)
                 if not page:
+                    exhausted = True
                     break
                 changed += self._evaluate(page, None)
-                cursor = self._cursors.get(agent.agent_id, cursor)
-        return changed
+                evaluated += len(page)
+                cursor = self._cursors.get(agent_id, cursor)
+            if cursor < agent.next_seq and not exhausted:
+                finished = False
+            else:
+                self._behind.discard(agent_id)
+        if finished:
+            self._behind.clear()  # agents since removed from the store
+        return CatchUpStep(evaluated, finished, changed)
 
     def state_dirty(self) -> bool:
         """True when rule state changed since it was last saved."""

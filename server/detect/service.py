@@ -5,7 +5,8 @@ the latest stored agreement version of every client and follows new versions thr
 access watcher (`Pusher.agreement_listeners`); ingest calls it after each committed batch
 and each heartbeat (`Runtime.detector`); a task here ticks it every `period_s` (silent
 agents, integrity events recorded by ingest, due-date reminders, catch-up after a crash)
-and then sends due notifications.
+and then sends due notifications. A backlog (a server started on events no Detector has
+evaluated) is caught up a chunk per turn of the database thread, with progress logged.
 
 The notifier does network I/O, so it runs on its own thread with its own store connection
 and never holds up the database thread; it is only started when notify.json names targets.
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("custodes.server.detect")
 
 TICK_SECONDS = 30.0
+CATCH_UP_ROUND_S = 3600.0  # a round of catch-up steps yields to the periodic checks after this
 NOTIFY_CONFIG = "notify.json"
 
 
@@ -127,10 +129,41 @@ class DetectionRuntime:
         return compiled, self.detector.use_agreement(compiled)
 
     async def tick(self) -> None:
-        """One round: the Detector's periodic checks, then due notifications."""
-        await self.rt.db(self.detector.tick, time.time())
+        """One round: the stored backlog in steps, the Detector's periodic checks, then due
+        notifications."""
+        finished = await self.catch_up()
+        await self.rt.db(self._tick, time.time(), finished)
         if self.detector.notify.targets():
             await self._deliver()
+
+    def _tick(self, now: float, finished: bool) -> None:
+        # What ingest committed since the last step is a page at most: read it in this turn.
+        self.detector.tick(now, catch_up=finished)
+
+    async def catch_up(self) -> bool:
+        """Evaluate stored events the Detector has not, one chunk per turn of the database
+        thread (pages and ingest queued meanwhile run between chunks), logging progress;
+        True once none are left, False when the round's step limit or time ran out first."""
+        detector = self.detector
+        total = await self.rt.db(detector.backlog)
+        if total <= detector.chunk:
+            return True
+        log.info("detector_catch_up_started", total=total)
+        done = 0
+        started = time.monotonic()
+        # Live batches of agents still behind add to the backlog: allow for some of them.
+        for _ in range(2 * (total // detector.chunk) + 10):
+            step = await self.rt.db(detector.catch_up_step)
+            done += step.evaluated
+            if step.finished:
+                log.info("detector_caught_up", done=done, total=max(done, total))
+                return True
+            log.info("detector_catching_up", done=done, total=max(done, total))
+            if time.monotonic() - started > CATCH_UP_ROUND_S:
+                break
+            await asyncio.sleep(0)
+        log.info("detector_catch_up_paused", done=done, total=max(done, total))
+        return False
 
     async def _run(self) -> None:
         while True:
