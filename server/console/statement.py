@@ -200,21 +200,15 @@ def build(src: Sources, viewer: Person, client: str, month: str, now: int) -> St
     heat = {(tech, days[i]): n for (tech, i), n in src.console.daily_counts(client, starts).items()}
     technicians = sorted({t for t, _ in heat})
     grants: list[GrantRow] = []
-    grants_total = 0
-    for stored in src.access.list_requests(client=client, limit=5000):
+    grants_total = src.access.count_requests(client=client, touching=(lo, hi))
+    for stored in src.access.list_requests(client=client, touching=(lo, hi), limit=MAX_GRANTS):
         r = stored.request
-        in_window = bool(r.start_unix) and r.start_unix < hi and r.end_unix > lo
-        if not (in_window or lo <= r.created_unix < hi):
-            continue
         window = (
             f"{local(r.start_unix, zone, '%d %b %H:%M')} \u2013 "
             f"{local(r.end_unix, zone, '%d %b %H:%M')}"
             if r.start_unix
             else "never started"
         )
-        grants_total += 1
-        if len(grants) >= MAX_GRANTS:
-            continue
         grants.append(
             GrantRow(
                 r.id,

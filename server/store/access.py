@@ -61,6 +61,35 @@ def _agreement(row: Sequence[Any]) -> AgreementRow:
     return AgreementRow(int(row[0]), row[1], row[2], row[3], bytes(row[4]), int(row[5]), row[6])
 
 
+def _request_filter(
+    client: str | None,
+    requester: str | None,
+    states: Sequence[State],
+    touching: tuple[int, int] | None,
+) -> tuple[str, list[object]]:
+    """The WHERE clause (or "") and its parameters for `list_requests`' filters."""
+    where: list[str] = []
+    params: list[object] = []
+    if client is not None:
+        where.append("client = ?")
+        params.append(client)
+    if requester is not None:
+        where.append("requester = ?")
+        params.append(requester)
+    if states:
+        where.append(f"state IN ({', '.join('?' * len(states))})")
+        params.extend(s.value for s in states)
+    if touching is not None:
+        lo, hi = touching
+        # start_unix 0: never started (pending, denied, cancelled before its start).
+        where.append(
+            "((start_unix <> 0 AND start_unix < ? AND end_unix > ?)"
+            " OR (created_unix >= ? AND created_unix < ?))"
+        )
+        params.extend((hi, lo, lo, hi))
+    return (f" WHERE {' AND '.join(where)}" if where else ""), params
+
+
 class AccessStore:
     """People, agreements and access requests in the evidence store's database."""
 
@@ -283,22 +312,30 @@ class AccessStore:
         client: str | None = None,
         requester: str | None = None,
         states: Sequence[State] = (),
+        touching: tuple[int, int] | None = None,
         limit: int = 1000,
     ) -> list[StoredRequest]:
-        """Requests newest first, filtered by client, requester and states."""
-        where: list[str] = []
-        params: list[object] = []
-        if client is not None:
-            where.append("client = ?")
-            params.append(client)
-        if requester is not None:
-            where.append("requester = ?")
-            params.append(requester)
-        if states:
-            where.append(f"state IN ({', '.join('?' * len(states))})")
-            params.extend(s.value for s in states)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        """Requests newest first, filtered by client, requester, states and `touching`.
+
+        `touching` = (from, to), unix seconds: only requests created in [from, to) or whose
+        active window (start to end; never started: none) overlaps it.
+        """
+        clause, params = _request_filter(client, requester, states, touching)
         return self._requests(clause + " ORDER BY created_unix DESC, id", params, limit)
+
+    def count_requests(
+        self,
+        *,
+        client: str | None = None,
+        requester: str | None = None,
+        states: Sequence[State] = (),
+        touching: tuple[int, int] | None = None,
+    ) -> int:
+        """How many requests `list_requests` with the same filters finds, without a limit."""
+        clause, params = _request_filter(client, requester, states, touching)
+        with self._tx(write=False) as cur:
+            self._exec(cur, f"SELECT COUNT(*) FROM access_requests{clause}", params)  # noqa: S608
+            return int(cur.fetchone()[0])
 
     def due(self, now_unix: int, limit: int = 500) -> list[StoredRequest]:
         """Pending requests past their deadline and approved grants past their end."""

@@ -13,7 +13,8 @@ import pytest
 from fpdf import FPDF
 from pypdf import PdfReader
 
-from server.access import Person, Role
+from policies.model import Action
+from server.access import Change, Person, Request, Role, State
 from server.console import pdf, statement
 from server.console.views import NANOS, Sources
 from server.detect.model import FileTouched, Finding
@@ -188,6 +189,53 @@ def test_statement_lists_the_first_incidents_and_counts_every_one(
     assert [i.summary for i in s.incidents] == ["tech0 was denied", "tech1 was denied"]
     assert "The first 2 of 3 incidents are listed" in _pdf_text(pdf.render(s))
     assert statement.build(sources, AUDITOR, "clinic", "2026-05", APRIL_UTC).incidents_total == 0
+
+
+def _request(rid: str, created: int, start: int = 0, end: int = 0) -> Request:
+    """A request of tech1 created at `created`; approved when it has a window."""
+    return Request(
+        id=rid,
+        client="clinic",
+        technician="tech1",
+        requester="tech1",
+        area="records",
+        actions=(Action.READ,),
+        start_unix=start,
+        end_unix=end,
+        duration_seconds=3600,
+        ticket=f"T-{rid}",
+        reason="restore a letter",
+        break_glass=False,
+        state=State.APPROVED if start else State.PENDING,
+        created_unix=created,
+        pending_until_unix=created + 3600,
+        approvals_needed=1,
+        approver_kinds=("client_manager",),
+        agreement_version="v1",
+        history=(Change("requested", "tech1", created, "restore a letter"),),
+    )
+
+
+def test_statement_lists_a_months_grants_however_many_newer_requests_follow(
+    sources: Sources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More newer requests than the statement lists must not push an older month's out."""
+    monkeypatch.setattr(statement, "MAX_GRANTS", 3)
+    april = int(dt.datetime(2026, 4, 1, tzinfo=dt.UTC).timestamp())  # no agreement: UTC
+    may = int(dt.datetime(2026, 5, 1, tzinfo=dt.UTC).timestamp())
+    # Created in March, its grant active into April; and one requested in April.
+    sources.access.add_request(_request("jit-march", april - 7200, april - 3600, april + 3600))
+    sources.access.add_request(_request("jit-april", april + 86400))
+    for i in range(10):
+        sources.access.add_request(_request(f"jit-may-{i}", may + 60 * i))
+    in_april = statement.build(sources, AUDITOR, "clinic", "2026-04", may + 3600)
+    assert in_april.grants_total == 2
+    assert [g.id for g in in_april.grants] == ["jit-april", "jit-march"]
+    assert in_april.grants[1].window != "never started"
+    in_may = statement.build(sources, AUDITOR, "clinic", "2026-05", may + 3600)
+    assert in_may.grants_total == 10
+    assert [g.id for g in in_may.grants] == ["jit-may-9", "jit-may-8", "jit-may-7"]
+    assert statement.build(sources, AUDITOR, "clinic", "2026-03", may).grants_total == 1
 
 
 # -- the PDF -------------------------------------------------------------------------------

@@ -129,3 +129,42 @@ def test_listing_due_live_and_revoked(store: Store) -> None:
     assert [r.request.id for r in s.list_requests(states=(State.PENDING,))] == ["jit-a"]
     assert [r.request.id for r in s.list_requests(client="clinic")] == ["jit-c", "jit-b", "jit-a"]
     assert s.list_requests(requester="someone-else") == []
+
+
+def test_requests_touching_a_window_were_created_in_it_or_active_during_it(store: Store) -> None:
+    s = AccessStore(store)
+    lo, hi = T0 + 10_000, T0 + 20_000
+    rows = {
+        # created before the window, its grant active into it
+        "active-into": request("active-into", start_unix=lo - 100, end_unix=lo + 1),
+        # created before, its grant over exactly as the window begins
+        "ended-at-start": request("ended-at-start", start_unix=lo - 100, end_unix=lo),
+        # created before, its grant starting exactly as the window ends
+        "starts-at-end": request("starts-at-end", start_unix=hi, end_unix=hi + 100),
+        # created before, never started (denied, expired)
+        "never-started": request("never-started", created_unix=lo - 1),
+        "created-in": request("created-in", created_unix=lo),
+        "created-at-end": request("created-at-end", created_unix=hi),
+        "other-client": request("other-client", client="other", created_unix=lo + 1),
+    }
+    for req in rows.values():
+        s.add_request(req)
+    found = s.list_requests(client="clinic", touching=(lo, hi))
+    assert [r.request.id for r in found] == ["created-in", "active-into"]  # newest first
+    assert s.count_requests(client="clinic", touching=(lo, hi)) == 2
+    assert s.count_requests(touching=(lo, hi)) == 3
+    assert s.count_requests(client="clinic") == 6
+
+
+def test_newer_requests_beyond_the_limit_do_not_hide_an_older_window(store: Store) -> None:
+    s = AccessStore(store)
+    older = request("older", created_unix=T0)
+    s.add_request(older)
+    s.save_request(older, approved(older))
+    for i in range(12):
+        s.add_request(request(f"newer-{i:02d}", created_unix=T0 + 86_400 + i))
+    assert [r.request.id for r in s.list_requests(client="clinic", limit=5)][-1] == "newer-07"
+    window = (T0, T0 + 3600)
+    found = s.list_requests(client="clinic", touching=window, limit=5)
+    assert [r.request.id for r in found] == ["older"]
+    assert found[0].request.approvals == (Approval("mgr", "client_manager", T0 + 10),)
