@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("custodes.server.detect")
 
 TICK_SECONDS = 30.0
-CATCH_UP_ROUND_S = 3600.0  # a round of catch-up steps yields to the periodic checks after this
+CATCH_UP_ROUND_S = 3600.0  # catch_up's default bound; the periodic round bounds it by a period
 NOTIFY_CONFIG = "notify.json"
 
 
@@ -128,22 +128,23 @@ class DetectionRuntime:
         compiled = self._compile(client)
         return compiled, self.detector.use_agreement(compiled)
 
-    async def tick(self) -> None:
-        """One round: the stored backlog in steps, the Detector's periodic checks, then due
-        notifications."""
-        finished = await self.catch_up()
+    async def tick(self) -> bool:
+        """One round: the stored backlog in steps (for a period at most), the Detector's
+        periodic checks, then due notifications; False while a backlog is left."""
+        finished = await self.catch_up(self.period_s)
         await self.rt.db(self._tick, time.time(), finished)
         if self.detector.notify.targets():
             await self._deliver()
+        return finished
 
     def _tick(self, now: float, finished: bool) -> None:
         # What ingest committed since the last step is a page at most: read it in this turn.
         self.detector.tick(now, catch_up=finished)
 
-    async def catch_up(self) -> bool:
+    async def catch_up(self, within_s: float = CATCH_UP_ROUND_S) -> bool:
         """Evaluate stored events the Detector has not, one chunk per turn of the database
         thread (pages and ingest queued meanwhile run between chunks), logging progress;
-        True once none are left, False when the round's step limit or time ran out first."""
+        True once none are left, False when the step limit or `within_s` ran out first."""
         detector = self.detector
         total = await self.rt.db(detector.backlog)
         if total <= detector.chunk:
@@ -159,7 +160,7 @@ class DetectionRuntime:
                 log.info("detector_caught_up", done=done, total=max(done, total))
                 return True
             log.info("detector_catching_up", done=done, total=max(done, total))
-            if time.monotonic() - started > CATCH_UP_ROUND_S:
+            if time.monotonic() - started > within_s:
                 break
             await asyncio.sleep(0)
         log.info("detector_catch_up_paused", done=done, total=max(done, total))
@@ -167,13 +168,15 @@ class DetectionRuntime:
 
     async def _run(self) -> None:
         while True:
+            pause = self.period_s
             try:
-                await self.tick()
+                if not await self.tick():
+                    pause = 0.0  # the periodic checks ran; go on with the backlog at once
             except CustodesError as exc:  # the store or a notifier hiccup: try next round
                 log.warning("detector_tick_failed", error=str(exc)[:300])
             except Exception as exc:  # detection must outlive one bad round
                 log.exception("detector_tick_crashed", error=repr(exc)[:300])
-            await asyncio.sleep(self.period_s)
+            await asyncio.sleep(pause)
 
     async def _deliver(self) -> None:
         if self._notify_pool is None:

@@ -153,3 +153,35 @@ def test_the_server_catches_up_a_chunk_per_turn_and_logs_its_progress(store: Sto
         "total": total,
     }
     assert summarise(detector) == expected(run.data)
+
+
+def test_a_round_of_catch_up_ends_with_the_periodic_checks_and_resumes_at_once(
+    store: Store,
+) -> None:
+    """With a period of 0 s each round is one step, then the tick; the next round goes on."""
+    path = next(p for p in SCENARIOS if p.stem == "denied_storm")
+    run = Run.prepare(path, store)
+    for batch in run.batches(5):
+        run.commit(batch)
+    detector = _detector(run, 100)
+    rt = _Runtime()
+    runtime = DetectionRuntime(
+        rt,  # type: ignore[arg-type]
+        detector,
+        lambda c: run.compiled,
+        database_url="",
+        period_s=0.0,
+    )
+
+    async def rounds() -> list[bool]:
+        out = [await runtime.tick()]
+        while not out[-1] and len(out) < 20:
+            out.append(await runtime.tick())
+        return out
+
+    assert asyncio.run(rounds()) == [False, False, False, False, True]  # 500 events
+    assert detector.backlog() == 0
+    # The ticks ran at today's time, when the scenario's agent (from 2025) has gone silent.
+    found = [i for i in summarise(detector) if i["rule"] != "agent_silent"]
+    assert found == expected(run.data)
+    assert {i["rule"] for i in summarise(detector)} == {"access_denied", "agent_silent"}
