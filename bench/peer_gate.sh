@@ -4,7 +4,8 @@
 # loop-mounted XFS filesystem. Root only. Usage:
 #   sudo bench/peer_gate.sh            # realistic (unpinned)
 #   sudo PIN=same bench/peer_gate.sh   # low-noise comparison (gate and openers on CPU 0)
-# Any measure.sh knob passes through (REPS, SECS, WORKLOADS); MARKS sets agent.toml's
+# Any measure.sh knob passes through (REPS, SECS, WORKLOADS); ROUNDS repeats the whole run
+# with the gates' order swapped each round; MARKS sets agent.toml's
 # `marks` (default "mount"). The agent's state lives in
 # $PEERGATE/custodes, outside the marked filesystem; setup/teardown are peer-gate's own.
 set -euo pipefail
@@ -44,5 +45,14 @@ YAML
 # encoding (sdev:700000 for 7:0, where stat says 700), so it would refuse them as foreign.
 echo "marks = \"${MARKS:-mount}\"" >> "$state/agent.toml"
 "$here/.venv/bin/custodes" policy check "$state/agreement.yaml"
-exec bash "$tools/measure.sh" ${MODES:-baseline fapolicyd} \
-    "custodes=$here/.venv/bin/custodes --log-format json agent run --config $state/agent.toml"
+custodes="custodes=$here/.venv/bin/custodes --log-format json agent run --config $state/agent.toml"
+# ROUNDS=N runs the tool N times, the gates' order swapped each round: on this VM a quiet
+# machine makes cross-CPU wake-ups several times dearer for a minute or two at a time, so
+# modes measured one after the other can land in different weather. Compare within a round.
+rounds=${ROUNDS:-1}
+for round in $(seq "$rounds"); do
+  if [ $((round % 2)) = 1 ]; then order=(${MODES:-baseline fapolicyd} "$custodes")
+  else order=("$custodes" ${MODES:-fapolicyd baseline}); fi
+  [ "$rounds" = 1 ] || echo "# round $round of $rounds"
+  bash "$tools/measure.sh" "${order[@]}"
+done
