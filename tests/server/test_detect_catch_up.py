@@ -10,6 +10,7 @@ middle of the catch-up too. Chunks are a few events so that each scenario spans 
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -119,6 +120,27 @@ def test_a_live_batch_of_an_agent_behind_waits_for_the_catch_up(store: Store) ->
     assert detector.incidents.detector_state()[1]["host-01"] == live[1].records[-1].seq + 1
 
 
+def _run(coro: Any) -> Any:
+    """asyncio.run in a thread of its own: the browser tests' Playwright (sync API) keeps an
+    event loop running in this thread for the rest of the session."""
+    out: list[Any] = []
+    failed: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            out.append(asyncio.run(coro))
+        except BaseException as e:  # handed to the test's thread
+            failed.append(e)
+
+    t = threading.Thread(target=main, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the coroutine did not finish within 60 s"
+    if failed:
+        raise failed[0]
+    return out[0]
+
+
 class _Runtime:
     """The parts of the server's Runtime the detection runtime uses: the database thread."""
 
@@ -141,7 +163,7 @@ def test_the_server_catches_up_a_chunk_per_turn_and_logs_its_progress(store: Sto
     rt = _Runtime()
     runtime = DetectionRuntime(rt, detector, lambda c: run.compiled, database_url="")  # type: ignore[arg-type]
     with capture_logs() as logs:
-        assert asyncio.run(runtime.catch_up()) is True
+        assert _run(runtime.catch_up()) is True
     assert detector.backlog() == 0
     assert rt.turns >= 1 + total // 4  # the backlog, then one turn per chunk
     progress = [e for e in logs if e["event"] in ("detector_catching_up", "detector_caught_up")]
@@ -179,7 +201,7 @@ def test_a_round_of_catch_up_ends_with_the_periodic_checks_and_resumes_at_once(
             out.append(await runtime.tick())
         return out
 
-    assert asyncio.run(rounds()) == [False, False, False, False, True]  # 500 events
+    assert _run(rounds()) == [False, False, False, False, True]  # 500 events
     assert detector.backlog() == 0
     # The ticks ran at today's time, when the scenario's agent (from 2025) has gone silent.
     found = [i for i in summarise(detector) if i["rule"] != "agent_silent"]
