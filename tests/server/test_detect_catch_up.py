@@ -10,11 +10,14 @@ middle of the catch-up too. Chunks are a few events so that each scenario spans 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from server.detect.engine import Detector
@@ -153,6 +156,19 @@ class _Runtime:
         return fn(*args)
 
 
+@pytest.fixture
+def info_logs() -> Iterator[None]:
+    """Info events reach the processors whatever level an earlier test configured (the
+    CLI's --log-level filters in the wrapper class, before capture_logs sees anything)."""
+    old = structlog.get_config()["wrapper_class"]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        yield
+    finally:
+        structlog.configure(wrapper_class=old)
+
+
+@pytest.mark.usefixtures("info_logs")
 def test_the_server_catches_up_a_chunk_per_turn_and_logs_its_progress(store: Store) -> None:
     path = next(p for p in SCENARIOS if p.stem == "denied_storm")
     run = Run.prepare(path, store)
