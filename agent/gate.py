@@ -435,8 +435,7 @@ class Gate:
     ) -> None:
         """A technician's open, or an unnamed interactive root's (agent._answer sent it with
         the file's path and the opener's syscall line, when it could read them)."""
-        techs = self._state.ids.technician_uids
-        if (loginuid is not None and loginuid in techs) or (uid != 0 and uid in techs):
+        if self._state.ids.classify(uid, loginuid)[0] is SubjectKind.TECHNICIAN:
             self._technician(t0, mask, efd, pid, uid, loginuid, path, line)
         else:
             self._unknown_admin(t0, mask, efd, pid, uid, loginuid or 0, path, line)
