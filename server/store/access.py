@@ -13,10 +13,32 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies.model import Action
-from server.access import Approval, Change, Person, Request, Role, State
+from policies.schema import BREAK_GLASS_MAX_DURATION_CEILING, JIT_MAX_DURATION_CEILING
+from server.access import (
+    MAX_LEAD,
+    PENDING_TTL,
+    START_SKEW,
+    Approval,
+    Change,
+    Person,
+    Request,
+    Role,
+    State,
+)
 from server.store.base import Store, StoreConflictError, StoreError
 from server.store.sql import Cursor, SqlStore
 
+# A request's window begins at most MAX_LEAD (a chosen start) or PENDING_TTL (on approval)
+# after the request was made, never more than START_SKEW before, and lasts at most a grant's
+# ceiling (revoking only shortens it). So every request touching [lo, hi) was made in
+# [lo - REQUEST_REACH, hi + START_SKEW): the bound that lets the (client, created_unix)
+# index serve the statement's window instead of every request the client ever made.
+REQUEST_REACH = int(
+    (
+        max(MAX_LEAD, PENDING_TTL) + max(JIT_MAX_DURATION_CEILING, BREAK_GLASS_MAX_DURATION_CEILING)
+    ).total_seconds()
+)
+_START_SKEW = int(START_SKEW.total_seconds())
 _REQUEST_COLS = (
     "id, client, technician, requester, area, actions, start_unix, end_unix, duration_seconds,"
     " ticket, reason,"
@@ -83,10 +105,11 @@ def _request_filter(
         lo, hi = touching
         # start_unix 0: never started (pending, denied, cancelled before its start).
         where.append(
-            "((start_unix <> 0 AND start_unix < ? AND end_unix > ?)"
+            "created_unix >= ? AND created_unix < ?"
+            " AND ((start_unix <> 0 AND start_unix < ? AND end_unix > ?)"
             " OR (created_unix >= ? AND created_unix < ?))"
         )
-        params.extend((hi, lo, lo, hi))
+        params.extend((lo - REQUEST_REACH, hi + _START_SKEW, hi, lo, lo, hi))
     return (f" WHERE {' AND '.join(where)}" if where else ""), params
 
 
@@ -318,7 +341,8 @@ class AccessStore:
         """Requests newest first, filtered by client, requester, states and `touching`.
 
         `touching` = (from, to), unix seconds: only requests created in [from, to) or whose
-        active window (start to end; never started: none) overlaps it.
+        active window (start to end; never started: none) overlaps it, searched among those
+        created within REQUEST_REACH of it (index access_requests_by_created).
         """
         clause, params = _request_filter(client, requester, states, touching)
         return self._requests(clause + " ORDER BY created_unix DESC, id", params, limit)

@@ -7,10 +7,11 @@ from dataclasses import replace
 import pytest
 
 from policies.model import Action
+from policies.schema import JIT_MAX_DURATION_CEILING
 from server import access
 from server.access import Approval, Change, Person, Request, Role, State
 from server.store import Store, StoreConflictError
-from server.store.access import AccessStore
+from server.store.access import REQUEST_REACH, AccessStore, _request_filter
 
 T0 = 1_700_000_000
 
@@ -168,3 +169,50 @@ def test_newer_requests_beyond_the_limit_do_not_hide_an_older_window(store: Stor
     found = s.list_requests(client="clinic", touching=window, limit=5)
     assert [r.request.id for r in found] == ["older"]
     assert found[0].request.approvals == (Approval("mgr", "client_manager", T0 + 10),)
+
+
+def test_a_grant_starting_as_late_and_lasting_as_long_as_allowed_still_touches_its_window(
+    store: Store,
+) -> None:
+    s = AccessStore(store)
+    start = T0 + int(access.MAX_LEAD.total_seconds())  # the latest start a request may ask for
+    end = start + int(JIT_MAX_DURATION_CEILING.total_seconds())  # the longest grant
+    made = request("far-ahead", created_unix=T0)
+    s.add_request(made)
+    s.save_request(made, replace(approved(made, at=T0 + 10), start_unix=start, end_unix=end))
+    lo = end - 1
+    assert lo - T0 <= REQUEST_REACH  # the reach the window's search is bounded by
+    found = s.list_requests(client="clinic", touching=(lo, lo + 86_400))
+    assert [r.request.id for r in found] == ["far-ahead"]
+    assert s.count_requests(client="clinic", touching=(lo, lo + 86_400)) == 1
+
+
+def _plan(s: AccessStore, store: Store, sql: str, params: list[object]) -> str:
+    """The query plan of `sql` as text (PostgreSQL told not to prefer a scan of a tiny table)."""
+    with s._tx(write=False) as cur:
+        if store.dialect == "postgres":
+            s._exec(cur, "SET LOCAL enable_seqscan = off")
+            s._exec(cur, "EXPLAIN " + sql, params)
+        else:
+            s._exec(cur, "EXPLAIN QUERY PLAN " + sql, params)
+        return "\n".join(str(r[-1]) for r in cur.fetchall())
+
+
+def test_the_statements_window_is_searched_through_the_client_and_creation_index(
+    store: Store,
+) -> None:
+    s = AccessStore(store)
+    for i in range(20):
+        s.add_request(request(f"r-{i:02d}", created_unix=T0 + i * 86_400))
+    clause, params = _request_filter("clinic", None, (), (T0 + 86_400 * 5, T0 + 86_400 * 10))
+    listing = f"SELECT id FROM access_requests{clause} ORDER BY created_unix DESC, id LIMIT 200"
+    counting = f"SELECT COUNT(*) FROM access_requests{clause}"
+    for sql in (listing, counting):
+        plan = _plan(s, store, sql, params)
+        assert "access_requests_by_created" in plan, plan
+        # the window bounds the index search itself, not a filter after it
+        lines = plan.splitlines()
+        if store.dialect == "postgres":
+            assert any("Index Cond" in x and "created_unix >=" in x for x in lines), plan
+        else:
+            assert any("created_unix>? AND created_unix<?" in x for x in lines), plan

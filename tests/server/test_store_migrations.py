@@ -8,7 +8,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from policies.model import Action
+from server.access import Request, State
 from server.store import SchemaTooNewError, Store, StoreError, migrations, open_store
+from server.store.access import AccessStore
 from tests.server.conftest import agent_row, append, records
 
 LATEST = migrations.latest_version("sqlite")
@@ -153,3 +156,61 @@ def test_sqlite_script_splits_into_whole_statements() -> None:
 def test_sqlite_script_ending_mid_statement_is_refused() -> None:
     with pytest.raises(StoreError, match="ends inside a statement"):
         migrations.sqlite_statements("CREATE TABLE t (x BIGINT)\n")
+
+
+def test_requests_stored_before_the_creation_index_are_found_through_it(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    known = migrations.migrations
+    monkeypatch.setattr(migrations, "migrations", lambda dialect: known(dialect)[:6])
+    old = open_store(store_url)
+    assert old.schema_version() == 6
+    access = AccessStore(old)
+    for i, created in enumerate((T0 - 90 * 86_400, T0, T0 + 3600)):
+        access.add_request(_pending(f"jit-{i}", created))
+    old.close()
+    monkeypatch.undo()
+    upgraded = open_store(store_url)
+    assert upgraded.schema_version() >= 7
+    found = AccessStore(upgraded).list_requests(client="clinic", touching=(T0, T0 + 86_400))
+    assert [r.request.id for r in found] == ["jit-2", "jit-1"]
+    upgraded.close()
+    assert "access_requests_by_created" in indexes(store_url)
+
+
+T0 = 1_700_000_000
+
+
+def _pending(request_id: str, created: int) -> Request:
+    return Request(
+        id=request_id,
+        client="clinic",
+        technician="tech1",
+        requester="tech1",
+        area="records",
+        actions=(Action.READ,),
+        start_unix=0,
+        end_unix=0,
+        duration_seconds=3600,
+        ticket="T-1",
+        reason="printer",
+        break_glass=False,
+        state=State.PENDING,
+        created_unix=created,
+        pending_until_unix=created + 3600,
+        approvals_needed=1,
+        approver_kinds=("client_manager",),
+        agreement_version="v1",
+    )
+
+
+def indexes(url: str) -> set[str]:
+    if url.startswith("postgresql://"):
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'"
+            ).fetchall()
+    else:
+        with sqlite3.connect(url) as conn:
+            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+    return {r[0] for r in rows}
