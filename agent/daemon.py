@@ -10,7 +10,8 @@ Run: SIGHUP or a changed agreement file reloads it transactionally (a bad one is
 as refused and the last good one stays); the grants file is re-read when it changes and
 grants expire on time; grants, revocations and agreements the server pushes
 (agent/delivery.py) reach the gate at once, and an agreement from the server is enforced
-from the state dir (`server-agreement.yaml`) from then on, also after a restart; a watchdog
+from the state dir (`server-agreement.yaml`) from then on, also after a restart (an
+enrolled daemon ships from a child process, agent/ship_link.py, and never loads grpc); a watchdog
 thread fails the gate open when it stops making progress and ends the process non-zero so
 systemd restarts it. SIGTERM/SIGINT: clean stop.
 """
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
     from agent.delivery import ServerGrants
     from agent.gate import Gate
     from agent.observe import Monitor
-    from agent.ship import Shipper
+    from agent.ship_link import ShipperLink
 
 log = structlog.get_logger("agent.daemon")
 
@@ -193,12 +194,10 @@ class Daemon:
         self._grants_stamp: FileStamp | None = None
         self._agreement_stamp: FileStamp | None = None
         self._last_grants: tuple[str, ...] = ()
-        self._ship_stop = threading.Event()
-        self._ship_thread: threading.Thread | None = None
-        self._shipper: Shipper | None = None  # heartbeats go out over its stream
+        self._ship_link: ShipperLink | None = None  # the shipper child; heartbeats go to it
         self._agreement_path = cfg.agreement  # the server's copy once it sent one
         self._server_grants: ServerGrants | None = None
-        self._grants_lock = threading.Lock()  # the shipper's thread and the main loop refresh
+        self._grants_lock = threading.Lock()  # the shipper's relay and the main loop refresh
         self._reload_lock = threading.RLock()
 
     @property
@@ -387,16 +386,17 @@ class Daemon:
         return self._exit_code
 
     def _start_shipping(self, journal: Journal) -> None:
-        from agent.enroll import Credentials  # noqa: PLC0415 - grpc only when enrolled
+        from agent.enroll import Credentials  # noqa: PLC0415 - only to know if enrolled
 
         creds = Credentials(self.cfg.state_dir)
         if not creds.exists():
             log.info("shipping_disabled", reason="not enrolled", state_dir=str(self.cfg.state_dir))
             return
-        # grpc, protobuf services and the signed-message code load only for an enrolled
-        # agent: an agent that only gates and journals stays small.
+        # The shipper runs in a child process (agent/ship_link.py): grpc never loads here,
+        # and what the server sends is parsed there; only its pushed grants, revocations
+        # and agreements come back, as bytes, to be verified and applied here.
         from agent.delivery import Hooks, ServerGrants  # noqa: PLC0415
-        from agent.ship import Shipper  # noqa: PLC0415
+        from agent.ship_link import ShipperLink  # noqa: PLC0415
 
         self._server_grants = ServerGrants(
             creds.read(creds.server_pub),
@@ -409,17 +409,28 @@ class Daemon:
                 agreement_sha256=lambda: self._compiled.sha256 if self._compiled else "",
             ),
         )
-        shipper = Shipper(
-            journal,
-            creds,
-            self.cfg.agent_id,
-            self.cfg.client,
-            server=self.cfg.server,
-            on_server_message=self._server_grants.handle,
-        )
-        self._shipper = shipper
-        self._ship_thread = shipper.run_in_thread(self._ship_stop)
-        log.info("shipping_started", server=shipper.server)
+        link = ShipperLink(journal, self.config_path, self._server_message)
+        self._ship_link = link
+        link.start()
+        server = self.cfg.server
+        if not server:
+            with contextlib.suppress(CustodesError, OSError):
+                server = creds.server_info()["server"]
+        log.info("shipping_started", server=server)
+
+    def _server_message(self, raw: bytes) -> None:
+        """A message the shipper child relayed from the server: verify and apply it."""
+        from protos.wire import pb  # noqa: PLC0415 - loaded by agent.delivery already
+
+        server = self._server_grants
+        if server is None:
+            return
+        try:
+            message = pb.ServerMessage.FromString(raw)
+        except Exception:  # protobuf's DecodeError and others
+            log.warning("server_message_unreadable", size=len(raw))
+            return
+        server.handle(message)
 
     def _gate_progressing(self) -> bool:
         gate = self.gate
@@ -480,8 +491,8 @@ class Daemon:
             agreement_version=compiled.version if compiled else "",
             dropped=stats.dropped,
         )
-        if self._shipper is not None:
-            self._shipper.send_heartbeat(sample.to_wire())
+        if self._ship_link is not None:
+            self._ship_link.post_heartbeat(sample.to_wire().SerializeToString())
         log.info(
             "heartbeat",
             mode=sample.mode,
@@ -621,9 +632,10 @@ class Daemon:
             with contextlib.suppress(Exception):
                 gate.stop()
             self.gate = None
-        self._ship_stop.set()
-        if self._ship_thread is not None:
-            self._ship_thread.join(10.0)
+        link = self._ship_link
+        if link is not None:
+            link.close()
+            self._ship_link = None
         journal = self._journal
         if journal is not None:
             if reason != "start failed":

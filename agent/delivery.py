@@ -12,7 +12,7 @@ The verified grants are kept in `state_dir/server-grants.json` (0600), so a rest
 the server is unreachable neither loses a live grant nor revives a revoked one.
 
 `check_grant`, `check_revocation` and `check_bundle` are pure; `ServerGrants` holds the
-set (thread-safe: the shipper's thread writes, the daemon's main loop reads).
+set (thread-safe: the thread relaying from the shipper child writes, the main loop reads).
 """
 
 from __future__ import annotations

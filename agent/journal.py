@@ -66,6 +66,33 @@ class JournalBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchSpan:
+    """Where a batch lies: the records of `path` from byte `start` to `stop`, then `checkpoint`.
+
+    `prev_hash` is the chain hash before the batch when the span starts at its segment's
+    first record; None when the span starts one record early, whose chain hash is that one.
+    """
+
+    path: Path
+    start: int
+    stop: int
+    prev_hash: bytes | None
+    checkpoint: bytes
+
+
+def read_span(span: BatchSpan, max_event_bytes: int) -> JournalBatch:
+    """Read and decode the batch at `span` (JournalCorruptError for bad bytes)."""
+    with span.path.open("rb") as fh:
+        links = fmt.read_range(fh, span.path, span.start, span.stop, max_event_bytes)
+    if span.prev_hash is not None:
+        return JournalBatch(span.prev_hash, links, span.checkpoint)
+    if not links:
+        raise JournalError(f"{span.path} holds no record at offset {span.start}")
+    prev = links.pop(0).hash
+    return JournalBatch(prev, links, span.checkpoint)
+
+
+@dataclass(frozen=True, slots=True)
 class Recovery:
     """What `Journal.open` found of the previous run."""
 
@@ -454,6 +481,15 @@ class Journal:
         commit holds at most `group_events`). None when no checkpoint lies beyond `from_seq`.
         Raises JournalError when `from_seq` was pruned, JournalCorruptError for bad bytes.
         """
+        span = self.locate_batch(from_seq, max_events, max_bytes)
+        return None if span is None else read_span(span, self._limits.max_event_bytes)
+
+    def locate_batch(self, from_seq: int, max_events: int, max_bytes: int) -> BatchSpan | None:
+        """Where the batch `read_batch` would return lies on disk (see there), unread.
+
+        The shipper child (agent/shipper_proc.py) reads the span itself: the daemon keeps
+        the index and never copies the events. Raises JournalError when `from_seq` was pruned.
+        """
         with self._lock:
             if from_seq >= self._checkpointed:
                 return None
@@ -488,14 +524,14 @@ class Journal:
             if c.epoch != chosen.epoch:  # the old key's checkpoint teaches the new key
                 break
             chosen = c
-        read_from = start if from_seq == seg.first_seq else offsets[from_seq - 1 - seg.first_seq]
-        with seg.path.open("rb") as fh:
-            links = fmt.read_range(
-                fh, seg.path, read_from, end_of(chosen.size), self._limits.max_event_bytes
-            )
-        prev = seg.prev_hash if from_seq == seg.first_seq else links.pop(0).hash
-        note = _read_note(seg, chosen)
-        return JournalBatch(prev, links, note)
+        first = from_seq == seg.first_seq
+        return BatchSpan(
+            path=seg.path,
+            start=start if first else offsets[from_seq - 1 - seg.first_seq],
+            stop=end_of(chosen.size),
+            prev_hash=seg.prev_hash if first else None,
+            checkpoint=_read_note(seg, chosen),
+        )
 
     def prune_below(self, seq: int) -> int:
         """Delete whole segments whose every event is below `seq`; return how many."""

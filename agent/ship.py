@@ -8,6 +8,11 @@ and only then prunes the journal below the acknowledged seq. An inconsistent ser
 reported (ServerWitnessReport) and nothing is pruned. Any disconnect or refusal ends the
 session; the next one starts after a bounded, jittered backoff and resumes from the
 server's committed seq, so nothing is lost and nothing is stored twice.
+
+The daemon runs this in its shipper child (agent/shipper_proc.py), over the daemon's
+journal (agent/ship_ipc.JournalClient); tests and benchmarks also run it on a thread over
+a Journal of their own. Nothing here polls: the stop, a new heartbeat and new journal
+events each wake what waits for them.
 """
 
 from __future__ import annotations
@@ -68,6 +73,9 @@ class ShipLimits:
     ack_timeout: float = 60.0
     heartbeat_seconds: float = 30.0
     message_bytes: int = 8 * 1024 * 1024
+    # The sender waits this long for the journal to sign more before it looks again (a
+    # wait for new events cannot be cancelled: this bounds how late a stop is seen there).
+    idle_wait_seconds: float = 1.0
 
 
 def backoff_delays(first: float, cap: float, rng: random.Random) -> Callable[[], float]:
@@ -178,6 +186,10 @@ class Shipper:
         self.on_server_message = on_server_message
         self._heartbeat: pb.Heartbeat | None = None  # the daemon's latest sample
         self._heartbeat_fresh = threading.Event()  # set when it is not sent yet
+        # Set while `run` runs: wake its tasks from other threads without polling.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+        self._beat: asyncio.Event | None = None
 
     def send_heartbeat(self, heartbeat: pb.Heartbeat) -> None:
         """Post the daemon's latest heartbeat; it goes out at once when connected (any thread).
@@ -188,6 +200,13 @@ class Shipper:
         """
         self._heartbeat = heartbeat
         self._heartbeat_fresh.set()
+        self._wake(self._beat)
+
+    def _wake(self, event: asyncio.Event | None) -> None:
+        loop = self._loop
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(event.set)
 
     def _next_heartbeat(self) -> pb.Heartbeat:
         latest = self._heartbeat
@@ -212,6 +231,24 @@ class Shipper:
 
     async def run(self, stop: threading.Event) -> None:
         """Connect, ship, reconnect after a backoff; return when `stop` is set."""
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self._beat = asyncio.Event()
+        # One thread sleeps in stop.wait() and wakes the loop: no task polls `stop`.
+        threading.Thread(
+            target=self._await_stop, args=(stop,), name="shipper-stop", daemon=True
+        ).start()
+        try:
+            await self._run(stop)
+        finally:
+            self._loop = None
+
+    def _await_stop(self, stop: threading.Event) -> None:
+        stop.wait()
+        self._wake(self._stopped)
+
+    async def _run(self, stop: threading.Event) -> None:
+        assert self._stopped is not None
         delay = backoff_delays(self.limits.backoff_first, self.limits.backoff_max, self._rng)
         while not stop.is_set():
             acks_before = self.stats["acks"]
@@ -227,10 +264,8 @@ class Shipper:
                 delay = backoff_delays(
                     self.limits.backoff_first, self.limits.backoff_max, self._rng
                 )
-            pause = delay()
-            deadline = time.monotonic() + pause
-            while not stop.is_set() and time.monotonic() < deadline:
-                await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), delay())
 
     def _channel(self) -> grpc.aio.Channel:
         creds = grpc.ssl_channel_credentials(
@@ -298,7 +333,7 @@ class Shipper:
                 batch = j.read_batch(from_seq, max_events, self.limits.max_batch_bytes)
                 if batch is not None:
                     return batch
-                j.wait_for_new(from_seq, 0.2)
+                j.wait_for_new(from_seq, self.limits.idle_wait_seconds)
             return None
 
         async def sender() -> None:
@@ -349,6 +384,8 @@ class Shipper:
         async def heartbeats() -> None:
             # One at once (the server learns mode and marks on connect), then every
             # heartbeat_seconds or as soon as the daemon posts a new one (a mode change).
+            beat = self._beat
+            assert beat is not None
             due = time.monotonic()
             while True:
                 if self._heartbeat_fresh.is_set() or time.monotonic() >= due:
@@ -356,11 +393,14 @@ class Shipper:
                     async with write_lock:
                         await call.write(message)
                     due = time.monotonic() + self.limits.heartbeat_seconds
-                await asyncio.sleep(min(0.1, self.limits.heartbeat_seconds))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(beat.wait(), max(0.0, due - time.monotonic()))
+                beat.clear()
 
         async def stopper() -> None:
-            while not stop.is_set():
-                await asyncio.sleep(0.1)
+            stopped = self._stopped
+            if stopped is not None:
+                await stopped.wait()
 
         tasks = [asyncio.create_task(t()) for t in (sender, receiver, heartbeats, stopper)]
         try:

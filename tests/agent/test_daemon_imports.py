@@ -3,7 +3,8 @@
 pydantic and ruamel.yaml (the agreement is compiled in a child: policies.isolated),
 importlib.metadata (protos.cli reads the entry points itself), asyncio (structlog imports
 it for async methods no process calls: protos.logs), psutil (the heartbeat reads /proc) and
-ssl (only `agent enroll` needs it) cost about 13 MB together for the life of the process.
+ssl (only `agent enroll` needs it) cost about 13 MB together for the life of the process; grpc
+(about 17 MB once running) loads only in the shipper child (agent/ship_link.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,24 @@ def _run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_daemon_never_imports_what_it_needs_only_at_start() -> None:
     out = _run(PROBE, str(AGREEMENT), ",".join(NOT_IN_THE_DAEMON))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+SHIPPING_PROBE = """\
+import sys
+from protos import cli
+cli.build_parser(argv=["agent", "run"])
+import agent.daemon
+# What an enrolled daemon's _start_shipping imports: the shipper itself runs in a child.
+import agent.enroll, agent.delivery, agent.ship_link, agent.ship_ipc
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("grpc", "asyncio")
+             or m in ("agent.ship", "protos.custodes_pb2_grpc")))
+"""
+
+
+def test_the_enrolled_daemon_never_imports_grpc() -> None:
+    out = _run(SHIPPING_PROBE)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
 

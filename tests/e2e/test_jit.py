@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
@@ -77,6 +78,18 @@ def test_denied_before_allowed_after_approval_denied_after_revocation(world: Jit
         ),
         "the revoked grant event",
     )
+
+
+def test_grants_reach_the_gate_through_the_shipper_child(world: JitWorld) -> None:
+    # The grant above came over gRPC into the shipper child and, as bytes, to the daemon,
+    # which verified and applied it: the daemon never mapped grpc, the child did.
+    agent = world.agent
+    assert agent is not None
+    child = agent.wait_for("shipper_started")["pid"]
+    assert agent.find("grant_received")
+    assert isinstance(child, int)
+    assert "cygrpc" in Path(f"/proc/{child}/maps").read_text()
+    assert "cygrpc" not in Path(f"/proc/{agent.proc.pid}/maps").read_text()
 
 
 def test_grant_expires_on_time(world: JitWorld) -> None:
