@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from policies.decide import decide as _decide
 from policies.decide import normalise_path
+from policies.decide import stable_until as _stable_until
 from policies.durations import format_duration
 from policies.errors import PolicyError
 from policies.globs import literal_root, parse_glob, specificity
@@ -70,6 +71,11 @@ class GrantLimit:
             and (self.technicians is None or technician in self.technicians)
             and action in self.actions
         )
+
+
+_MINUTE = timedelta(minutes=1)
+_MICROSECOND = timedelta(microseconds=1)
+_ZERO = timedelta(0)
 
 
 def _refs(refs: Sequence[str]) -> frozenset[str] | None:
@@ -129,6 +135,12 @@ class CompiledAgreement:
             for day in block.days:
                 self._hours[DAYS.index(day)].append((block.start, block.end))
         self._holidays: frozenset[date] = frozenset(agreement.holidays)
+        self._whole_minutes = all(
+            t.second == 0 and t.microsecond == 0
+            for day in self._hours
+            for block in day
+            for t in block
+        )
         self._last_hours: tuple[datetime, bool] | None = None
         # Decisions that depend only on (rule, who, area, action) are immutable and reused;
         # their number is bounded by the agreement's size, and capped here besides.
@@ -250,6 +262,24 @@ class CompiledAgreement:
         self._last_hours = (at, result)
         return result
 
+    def hours_stable_until(self, at: datetime) -> datetime:
+        """The instant until which `in_business_hours` answers as it does at `at`.
+
+        Business hours are whole minutes of local time and holidays whole local days, so
+        the answer can change only where a local minute starts: the end of `at`'s UTC
+        minute, when the zone's offset is whole minutes and the same over that minute
+        (true of every zone today). Otherwise `at` itself: nothing can be assumed.
+        """
+        if at.tzinfo is None:
+            raise ValueError(f"{at.isoformat()} has no time zone; expected an aware datetime")
+        utc = at.astimezone(UTC)
+        end = utc.replace(second=0, microsecond=0) + _MINUTE
+        offset = utc.astimezone(self.timezone).utcoffset()
+        last = (end - _MICROSECOND).astimezone(self.timezone).utcoffset()
+        if not self._whole_minutes or offset is None or offset != last or offset % _MINUTE != _ZERO:
+            return at
+        return end
+
     def jit_rules_for(self, technician: str, area: str, action: Action) -> list[JitRule]:
         """The just-in-time rules under which `technician` may request `action` in `area`.
 
@@ -309,6 +339,18 @@ class CompiledAgreement:
     ) -> Decision:
         """Allow or deny `subject` doing `action` on `path` at `at`; see `policies.decide`."""
         return _decide(self, subject, path, action, at, grants)
+
+    def stable_until(
+        self,
+        subject: Subject,
+        path: str,
+        action: Action,
+        at: datetime,
+        grants: Sequence[Grant] = (),
+    ) -> datetime | None:
+        """Until when `decide` with these arguments keeps its answer (None: for good);
+        see `policies.decide.stable_until`."""
+        return _stable_until(self, subject, path, action, at, grants)
 
 
 def compile_agreement(agreement: Agreement) -> CompiledAgreement:

@@ -126,6 +126,44 @@ def decide(  # noqa: PLR0917 - the signature the gate and server code against
     return found
 
 
+def stable_until(  # noqa: PLR0917 - decide's signature
+    compiled: CompiledAgreement,
+    subject: Subject,
+    path: str,
+    action: Action,
+    at: datetime,
+    grants: Sequence[Grant] = (),
+) -> datetime | None:
+    """How long `decide(compiled, subject, path, action, at, grants)` keeps its answer.
+
+    Every `at2` with `at <= at2 < stable_until(...)` gets the same Decision (the same
+    grants and agreement); None means any later `at2` does. Time matters only to a
+    technician in an area with no in-scope rule for any hours: then the decision holds to
+    the next business-hours boundary (`CompiledAgreement.hours_stable_until`) and to the
+    next start or end of a grant that could cover it.
+    """
+    kind, name = compiled.classify(subject)
+    if kind is not SubjectKind.TECHNICIAN:
+        return None  # principals and others: no clock, no grants
+    match = compiled.area_for_normalised(normalise_path(path))
+    if match is None:
+        return None
+    tech = name or ""
+    area = match.area
+    until: datetime | None = None
+    for rule in compiled.scope[area]:
+        if action in rule.actions and (rule.technicians is None or tech in rule.technicians):
+            if rule.any_hours:
+                return None  # in scope at every hour: grants are never asked
+            until = compiled.hours_stable_until(at)
+    for grant in grants:
+        if grant.technician == tech and grant.area == area and action in grant.actions:
+            for edge in (grant.start, grant.end):
+                if edge > at and (until is None or edge < until):
+                    until = edge
+    return until
+
+
 def _remember(
     cache: dict[tuple[str, ...], Decision], key: tuple[str, ...], d: Decision
 ) -> Decision:
