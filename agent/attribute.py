@@ -29,7 +29,7 @@ SYSCALL_SLEEP_S = 0.00005
 CREATED_WITHIN_NS = 2_000_000_000  # an empty O_CREAT target this young counts as created
 
 # syscall number → index of the flags argument (None: flags are in a struct open_how,
-# whose first u64 the pointer argument at index 2 points at).
+# whose first u64 the pointer argument at index 2 points at). agent/_answer.c: OPENS, EXECS.
 _OPEN_SYSCALLS: dict[str, dict[int, int | None]] = {
     "x86_64": {2: 1, 85: -1, 257: 2, 304: 2, 437: None},
     "aarch64": {56: 2, 265: 2, 437: None},
@@ -108,9 +108,10 @@ def open_flags(tid: int, fd: int = -1, line: bytes | None = None) -> int | None:
     """The flags the blocked thread `tid` passed to open, from /proc/TID/syscall.
 
     `fd`, when given, is an open handle of that file (agent._answer keeps them), read with
-    pread; `line`, when given, is that file as read a moment ago (agent._answer reads it
-    with the event). Returns -2 for an exec, None when the syscall is not one this code
-    knows (io_uring, another architecture) or the thread is gone.
+    pread; `line`, when given, is that file as read a moment ago. Returns -2 for an exec,
+    None when the syscall is not one this code knows (io_uring, another architecture) or
+    the thread is gone. agent._answer parses the line itself, with the same tables, and
+    leaves only what it cannot (a thread still running, openat2) to this function.
     """
     path = f"/proc/{tid}/syscall"
 

@@ -14,7 +14,11 @@ records a technician's creates, deletes and renames, which fanotify cannot gate.
 The answer path is in C (agent/_answer.c): per event, the opener thread's kept /proc handles
 give loginuid (pread) and uid (fstat) with no open; an agent thread, or anyone but a
 technician or an unnamed interactive root, is allowed in a batch written with one writev,
-without the GIL. Only technicians' and unnamed roots' events come back to Python.
+without the GIL. Only technicians' and unnamed roots' events come back to Python, with the
+path, the open flags and the kind of access read there. An allow the policy says holds for
+a while (`stable_until`: no business-hours or grant boundary before then) is remembered
+there from the second time it is given, until then or the next policy or grants, and the
+same open by the same person is then answered in C and only recorded here.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from typing import Protocol
 
 import structlog
 
+from agent import _answer as ans
 from agent import attribute as attr
 from agent import fanotify as fan
 from agent._answer import BUCKETS, Answerer
-from agent.identities import Identities, resolve
+from agent.identities import UNSET_LOGINUID, Identities, resolve
 from agent.marks import GateError, MarkChoice, Marker, PathMap, RootPlan, plan
 from agent.records import AccessRecord, Attribution, EventSink
 from agent.watch import ChangeWatcher
@@ -70,6 +75,20 @@ _PACK = fan.RESPONSE.pack
 _ALLOW = fan.FAN_ALLOW
 _EPOCH = datetime.fromtimestamp(0, tz=UTC)
 _NEEDS_STAT = os.O_CREAT | os.O_DIRECTORY
+_TECHNICIAN = ans.KIND_TECHNICIAN
+_UNREAD = ans.FLAGS_UNREAD
+_UNKNOWN = ans.FLAGS_UNKNOWN
+# agent._answer's access kinds (ACCESS_STAT, 0: only a stat of the file can tell)
+_ACTIONS: dict[int, Action] = {
+    ans.ACCESS_READ: Action.READ,
+    ans.ACCESS_WRITE: Action.WRITE,
+    ans.ACCESS_EXEC: Action.EXEC,
+    ans.ACCESS_LIST: Action.LIST,
+}
+_FOREVER_NS = (1 << 63) - 1
+_MICROSECOND = timedelta(microseconds=1)
+MAX_SUBJECTS = 4096
+MAX_SEEN = 4096
 
 
 class GatePolicy(Protocol):
@@ -77,7 +96,9 @@ class GatePolicy(Protocol):
 
     `technician_accounts` (OS account → technician) and `principal_accounts` (OS accounts,
     or account → principal) are resolved to uids once per `swap_policy`, so the hot path is
-    int dict lookups; `area_roots()` names the directories to mark.
+    int dict lookups; `area_roots()` names the directories to mark. A policy that also has
+    `stable_until` (policies.compile.CompiledAgreement does) lets the gate remember its
+    allows: see `Gate._remember`.
     """
 
     @property
@@ -110,6 +131,7 @@ class GateStats:
     allowed: int
     denied: int
     technician_events: int
+    remembered: int  # technician events answered in C from a remembered allow
     unknown_admin: int
     exempt: int
     errors: int
@@ -123,10 +145,27 @@ class GateStats:
     answer_p99_us: float
 
 
+class _StableUntil(Protocol):
+    def __call__(
+        self,
+        subject: Subject,
+        path: str,
+        action: Action,
+        at: datetime,
+        grants: Sequence[Grant] = (),
+    ) -> datetime | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _PolicyState:
     policy: GatePolicy
     ids: Identities
+    stable_until: _StableUntil | None = None
+
+
+def _state(policy: GatePolicy) -> _PolicyState:
+    until: _StableUntil | None = getattr(policy, "stable_until", None)
+    return _PolicyState(policy, _identities(policy), until)
 
 
 FD_LIMIT = 65536  # soft RLIMIT_NOFILE the gate asks for: event fds and /proc handles
@@ -182,11 +221,18 @@ class Gate:
         marks: MarkChoice = "auto",
     ) -> None:
         self._marks: MarkChoice = marks
-        self._state = _PolicyState(policy, _identities(policy))
+        self._state = _state(policy)
         self._sink = sink
         self._roots = list(roots)
         self._clock = clock
         self._grants: tuple[Grant, ...] = ()
+        # Allows the C side may answer by itself (Gate._remember): only with the real clock,
+        # which is the one it reads; a new generation with every policy and grants.
+        self._recall = clock is time.time_ns
+        self._seen: dict[tuple[int, int | None, int, str], None] = {}  # allowed once
+        self._generation = 0
+        self._generation_lock = threading.Lock()
+        self._subjects: dict[tuple[int, int | None], Subject] = {}
         self._own: set[int] = {os.getpid(), *exempt_pids}
         self._fast: Answerer | None = None
         self._names = attr.AccountNames()
@@ -269,15 +315,17 @@ class Gate:
         """
         wanted = list(roots) if roots is not None else [d for _, d in policy.area_roots()]
         self._exempt(threading.get_native_id())  # it lists marked directories when re-marking
-        state = _PolicyState(policy, _identities(policy))
+        state = _state(policy)
         marker = self._marker
         if marker is None:
             self._state, self._roots = state, wanted
+            self._new_generation()
             return
         new_plans = plan(wanted, marks=self._marks)
         old = {p.root: p for p in marker.plans}
         new = {p.root: p for p in new_plans}
         self._state = state
+        self._new_generation()
         self._set_identities(state.ids)
         if old.keys() != new.keys():
             marker.place([p for r, p in new.items() if r not in old])
@@ -289,6 +337,16 @@ class Gate:
     def set_grants(self, grants: Sequence[Grant]) -> None:
         """Replace the active grants (one atomic assignment of a tuple)."""
         self._grants = tuple(grants)
+        self._new_generation()
+
+    def _new_generation(self) -> None:
+        """Forget every remembered allow: called after a new policy or grants is in place
+        (the answer thread reads the generation before them, so an allow decided under the
+        old ones is remembered in the old generation, which no longer holds)."""
+        with self._generation_lock:
+            self._generation += 1
+            if self._fast is not None:
+                self._fast.forget(self._generation)
 
     def stop(self) -> None:
         """Stop both threads and close the groups: the kernel allows pending opens."""
@@ -371,6 +429,7 @@ class Gate:
             allowed=allowed + n[0],
             denied=self._denied,
             technician_events=n[1],
+            remembered=self._fast.recalled() if self._fast else 0,
             unknown_admin=n[2],
             exempt=exempt,
             errors=errors + n[3] + (w.errors if w else 0),
@@ -413,8 +472,11 @@ class Gate:
                 if got is None:
                     return  # fail_open put /dev/null here
                 t0, slow = got
-                for event in slow:
-                    self._slow(t0, *event)
+                for mask, efd, pid, uid, login, path, flags, access, kind, known in slow:
+                    if kind == _TECHNICIAN:
+                        self._technician(t0, mask, efd, pid, uid, login, path, flags, access, known)
+                    else:
+                        self._unknown_admin(t0, mask, efd, pid, uid, login, path, flags, access)
         finally:
             if not stopping.is_set():
                 # The answer thread is gone while the groups live: every opener in the area
@@ -422,28 +484,11 @@ class Gate:
                 log.error("gate_answer_thread_ended")
                 self.fail_open()
 
-    def _slow(  # noqa: PLR0917 - the hot path avoids keyword-argument overhead
-        self,
-        t0: int,
-        mask: int,
-        efd: int,
-        pid: int,
-        uid: int,
-        loginuid: int | None,
-        path: str | None,
-        line: bytes | None,
-    ) -> None:
-        """A technician's open, or an unnamed interactive root's (agent._answer sent it with
-        the file's path and the opener's syscall line, when it could read them)."""
-        if self._state.ids.classify(uid, loginuid)[0] is SubjectKind.TECHNICIAN:
-            self._technician(t0, mask, efd, pid, uid, loginuid, path, line)
-        else:
-            self._unknown_admin(t0, mask, efd, pid, uid, loginuid or 0, path, line)
-
-    def _flags(self, pid: int, line: bytes | None) -> int | None:
-        if line is not None and not line.startswith(b"running"):
-            return attr.open_flags(pid, -1, line)
-        return attr.open_flags(pid, self._syscall_fd(pid), line)  # read it (again)
+    def _flags(self, pid: int, flags: int) -> int | None:
+        """The open flags agent._answer read, or read here when it could not."""
+        if flags == _UNREAD:
+            return attr.open_flags(pid, self._syscall_fd(pid))  # waits longer, or openat2
+        return None if flags == _UNKNOWN else flags
 
     def _unknown_admin(  # noqa: PLR0917 - the hot path avoids keyword-argument overhead
         self,
@@ -452,9 +497,10 @@ class Gate:
         efd: int,
         pid: int,
         uid: int,
-        loginuid: int,
+        loginuid: int | None,
         path: str | None,
-        line: bytes | None,
+        flags: int,
+        access: int,
     ) -> None:
         """Allow, and journal, an interactive root whose login the agreement does not name.
 
@@ -466,8 +512,11 @@ class Gate:
         action = Action.READ
         try:
             st = os.fstat(efd)
-            flags = None if stat.S_ISDIR(st.st_mode) else self._flags(pid, line)
-            action = attr.classify_open(bool(mask & _EXEC_MASK), st, flags, time.time_ns())
+            if access:
+                action = _ACTIONS[access]
+            else:
+                known = None if stat.S_ISDIR(st.st_mode) else self._flags(pid, flags)
+                action = attr.classify_open(bool(mask & _EXEC_MASK), st, known, time.time_ns())
         except OSError:
             self._n[3] += 1
         self._n[0] += 1
@@ -475,7 +524,7 @@ class Gate:
         self._hist[_bucket(time.perf_counter_ns() - t0)] += 1
         try:
             path = self._paths.canonical(path or fan.fd_path(efd), efd)
-            who = self._enricher.attribute(pid, uid, loginuid)
+            who = self._enricher.attribute(pid, uid, loginuid or 0)
             decision = Decision(
                 Verdict.ALLOW,
                 "an interactive administrator not named in the agreement opened a file "
@@ -504,31 +553,42 @@ class Gate:
         uid: int,
         loginuid: int | None,
         path: str | None,
-        line: bytes | None,
+        flags: int,
+        access: int,
+        decision: Decision | None,
     ) -> None:
         """Classify and decide a technician's open, answer it exactly once, then record it.
 
-        Only what the decision needs is read before an allow is answered (path, stat, open
-        flags, account names); the enrichment (exe, command line, parent, session) follows.
+        Only what the decision needs is read before an allow is answered (path, open flags,
+        a stat where they leave the action open, account names); the enrichment (exe,
+        command line, parent, session) follows. `decision` is an allow agent._answer found
+        remembered and answered already: it is only recorded.
         """
         self._n[1] += 1
+        if decision is not None:
+            self._n[0] += 1
+            self._allowed(efd, pid, uid, loginuid, path or "", _ACTIONS[access], decision, None)
+            return
+        generation = self._generation  # before the policy and grants (_new_generation)
+        raw = path
         try:
             path = self._paths.canonical(path or fan.fd_path(efd), efd)
-            exec_event = bool(mask & _EXEC_MASK)
-            is_dir = bool(mask & fan.FAN_ONDIR)
-            flags = None if exec_event or is_dir else self._flags(pid, line)
-            # The file's stat decides only a directory or a create; else it waits until
-            # after the answer (the record's device and inode).
-            st = os.fstat(efd) if is_dir or flags is None or flags & _NEEDS_STAT else None
+            st: os.stat_result | None = None
+            if access:
+                action = _ACTIONS[access]
+            else:  # agent._answer could not tell without a stat (O_CREAT, O_DIRECTORY, ...)
+                known = self._flags(pid, flags)
+                st = os.fstat(efd) if known is None or known & _NEEDS_STAT else None
+                action = attr.classify_open(bool(mask & _EXEC_MASK), st, known, time.time_ns())
             now = self._clock()
-            action = attr.classify_open(exec_event, st, flags, time.time_ns())
-            names = self._names
-            subject = Subject(
-                names.name(uid), names.name(loginuid) if loginuid is not None else None
-            )
+            subject = self._subjects.get((uid, loginuid))
+            if subject is None:
+                subject = self._subject(uid, loginuid)
             state = self._state
+            grants = self._grants
+            at = self._at(now)
             try:
-                decision = state.policy.decide(subject, path, action, self._at(now), self._grants)
+                decision = state.policy.decide(subject, path, action, at, grants)
             except Exception as e:  # fail closed for a technician
                 log.exception("gate_policy_failed", error=str(e), policy=state.policy.version)
                 decision = Decision(
@@ -547,19 +607,11 @@ class Gate:
             self._n[0] += 1
             os.write(self._fd, _PACK(efd, _ALLOW))
             self._hist[_bucket(time.perf_counter_ns() - t0)] += 1
-            try:
-                if st is None:
-                    st = os.fstat(efd)
-            except OSError:
-                self._n[3] += 1
-            finally:
-                os.close(efd)
-            try:
-                who = self._enricher.attribute(pid, uid, loginuid)
-                self._sink.record(self._record(who, path, action, decision, -1, st, now))
-            except Exception as e:  # answered already; the lost record is counted
-                self._n[3] += 1
-                log.exception("gate_record_failed", rule=decision.rule, error=str(e))
+            if access and raw is not None and raw == path and self._recall:
+                self._remember(
+                    state, generation, subject, raw, uid, loginuid, access, at, grants, decision
+                )
+            self._allowed(efd, pid, uid, loginuid, path, action, decision, st, now)
             return
         cb = self._deny_callback(efd, t0)
         try:
@@ -570,6 +622,94 @@ class Gate:
         except Exception as e:
             log.exception("gate_record_failed", rule=decision.rule, error=str(e))
             cb(False)
+
+    def _allowed(  # noqa: PLR0917 - the hot path avoids keyword-argument overhead
+        self,
+        efd: int,
+        pid: int,
+        uid: int,
+        loginuid: int | None,
+        path: str,
+        action: Action,
+        decision: Decision,
+        st: os.stat_result | None,
+        now: int | None = None,
+    ) -> None:
+        """Record a technician's open that was answered allowed, and close its fd."""
+        try:
+            if st is None:
+                st = os.fstat(efd)
+        except OSError:
+            self._n[3] += 1
+        finally:
+            os.close(efd)
+        try:
+            who = self._enricher.attribute(pid, uid, loginuid)
+            self._sink.record(self._record(who, path, action, decision, -1, st, now))
+        except Exception as e:  # answered already; the lost record is counted
+            self._n[3] += 1
+            log.exception("gate_record_failed", rule=decision.rule, error=str(e))
+
+    def _subject(self, uid: int, loginuid: int | None) -> Subject:
+        names = self._names
+        subject = Subject(names.name(uid), names.name(loginuid) if loginuid is not None else None)
+        if len(self._subjects) >= MAX_SUBJECTS:
+            self._subjects.clear()
+        self._subjects[uid, loginuid] = subject
+        return subject
+
+    def _remember(  # noqa: PLR0917 - internal step of _technician
+        self,
+        state: _PolicyState,
+        generation: int,
+        subject: Subject,
+        path: str,
+        uid: int,
+        loginuid: int | None,
+        access: int,
+        at: datetime,
+        grants: tuple[Grant, ...],
+        decision: Decision,
+    ) -> None:
+        """Let agent._answer answer this allow by itself while the policy says it holds.
+
+        Only for a path the policy saw as read (under an area root, so the same string
+        always names the same decision), with the real clock, after the answer, and from
+        the second time the same open is allowed. The span starts at `at` (a clock stepped
+        back is not in it) and ends where `stable_until` says the decision may change
+        (hours, grants); the generation ends it at the next policy or grants.
+        """
+        until = state.stable_until
+        fast = self._fast
+        if until is None or fast is None or not self._paths.direct(path):
+            return
+        # A file opened once is seldom opened again (grep -r, a backup): remember what is
+        # allowed the second time, not the first, so a walk over new files pays no more.
+        seen = self._seen
+        key = (uid, loginuid, access, path)
+        if key not in seen:
+            if len(seen) >= MAX_SEEN:
+                seen.clear()
+            seen[key] = None
+            return
+        try:
+            end = until(subject, path, _ACTIONS[access], at, grants)
+        except Exception as e:  # an allow not remembered is only slower
+            log.exception("gate_remember_failed", error=str(e))
+            return
+        from_us = (at - _EPOCH) // _MICROSECOND
+        until_ns = _FOREVER_NS if end is None else ((end - _EPOCH) // _MICROSECOND) * 1000
+        if until_ns > from_us * 1000:
+            fast.remember(
+                uid,
+                UNSET_LOGINUID if loginuid is None else loginuid,
+                access,
+                path,
+                generation,
+                from_us * 1000,
+                until_ns,
+                decision,
+            )
 
     def _syscall_fd(self, tid: int) -> int:
         return self._fast.syscall_fd(tid) if self._fast is not None else -1

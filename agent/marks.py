@@ -431,12 +431,19 @@ class PathMap:
     def __init__(self, plans: Sequence[RootPlan]) -> None:
         self._plans = list(plans)
         self._mounts = read_mounts()
+        # `_under` for every root in two C calls (the answer path asks per event)
+        self._roots = frozenset(p.root for p in self._plans)
+        self._prefixes = tuple(p.root.rstrip("/") + "/" for p in self._plans)
+
+    def direct(self, path: str) -> bool:
+        """True when `path` is under an area root as it stands: `canonical` returns it
+        unchanged whatever the event's mount."""
+        return path.startswith(self._prefixes) or path in self._roots
 
     def canonical(self, path: str, event_fd: int) -> str:
         """`path` when it is under an area root already; else its name under the root."""
-        for p in self._plans:
-            if _under(path, p.root):
-                return path
+        if path.startswith(self._prefixes) or path in self._roots:
+            return path
         m = self._mount(event_fd)
         if m is None:
             return path

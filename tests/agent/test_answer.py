@@ -1,6 +1,6 @@
 """agent._answer against real fanotify: who goes by in C, who is handed to Python with the
-path and syscall line read, the /proc handle table bounded, and out-of-fds not read as
-"that thread is gone"."""
+path, open flags and access read, a remembered allow answered in C, the /proc handle table
+bounded, and out-of-fds not read as "that thread is gone"."""
 
 from __future__ import annotations
 
@@ -9,29 +9,36 @@ import pwd
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from agent import attribute as attr
+from agent import _answer as ans
 from agent import fanotify as fan
 from agent._answer import Answerer
 from agent.gate import EVENT_FD_FLAGS, INIT_FLAGS
+from agent.identities import UNSET_LOGINUID
+from policies.model import Decision, SubjectKind, Verdict
 from tests.agent.conftest import STAFF, TECH, run_opener
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
 
+# What `Answerer.answer` hands over per event (see agent/_answer.pyi).
+Event = tuple[int, int, int, int, int | None, str | None, int, int, int, Decision | None]
+
+
 class Driver:
-    """Runs `answer` in a thread; hands every slow event to Python, which allows it."""
+    """Runs `answer` in a thread; hands every slow event to Python, which allows it (unless
+    the C side answered it from a remembered allow)."""
 
     def __init__(self, answerer: Answerer, group: int) -> None:
         self.answerer = answerer
         self.group = group
-        self.slow: list[tuple[object, ...]] = []
-        self.flags: list[int | None] = []
+        self.slow: list[Event] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -45,9 +52,9 @@ class Driver:
                 return
             for event in got[1]:
                 self.slow.append(event)
-                _mask, efd, pid, *_rest, line = event
-                self.flags.append(attr.open_flags(pid, -1, line) if line is not None else None)
-                fan.respond(self.group, efd, allow=True)
+                efd, remembered = event[1], event[9]
+                if remembered is None:
+                    fan.respond(self.group, efd, allow=True)
                 os.close(efd)
 
     def __enter__(self) -> Driver:
@@ -103,17 +110,37 @@ def test_staff_go_by_in_c_and_a_technician_is_handed_over_with_path_and_flags(
         assert driver.slow == []
         assert run_opener("w", files[1], user=tech) == ["ok"]
     assert len(driver.slow) == 1
-    mask, _efd, _pid, uid, loginuid, path, line = driver.slow[0]
+    mask, _efd, _pid, uid, loginuid, path, flags, access, kind, remembered = driver.slow[0]
     assert mask & fan.FAN_OPEN_PERM
     assert uid == tech.pw_uid
     assert loginuid is None or loginuid == os.getuid()  # the test's own login, inherited
     assert path == files[1]
-    assert line is not None
-    assert not line.startswith(b"running")
-    flags = driver.flags[0]
-    assert flags is not None
+    assert flags >= 0
     assert flags & os.O_ACCMODE == os.O_WRONLY
+    assert (access, kind, remembered) == (ans.ACCESS_WRITE, ans.KIND_TECHNICIAN, None)
     assert answerer.counters()[0] == 4
+
+
+@pytest.mark.parametrize(
+    ("mode", "access", "flag"),
+    [
+        ("r", ans.ACCESS_READ, 0),
+        ("n", ans.ACCESS_READ, os.O_NONBLOCK),
+        ("w", ans.ACCESS_WRITE, os.O_WRONLY),
+        ("c", ans.ACCESS_STAT, os.O_CREAT),  # created or not: only a stat can tell
+    ],
+)
+def test_the_open_flags_and_the_access_are_read_in_c(
+    files: list[str], accounts: dict[str, pwd.struct_passwd], mode: str, access: int, flag: int
+) -> None:
+    tech = accounts[TECH]
+    with gated(Path(files[0]).parent) as (answerer, group), Driver(answerer, group) as driver:
+        answerer.set_identities([tech.pw_uid], [])
+        assert run_opener(mode, files[0], user=tech) == ["ok"]
+    [(_mask, _efd, _pid, _uid, _login, _path, flags, got, _kind, _known)] = driver.slow
+    assert got == access
+    assert flags & flag == flag
+    assert flags & os.O_ACCMODE == (os.O_WRONLY if mode in "wc" else os.O_RDONLY)
 
 
 def test_a_loginuid_names_the_technician_behind_another_account(
@@ -136,7 +163,66 @@ def test_root_with_an_unknown_login_is_handed_over_and_a_principal_is_not(
         assert driver.slow == []
         answerer.set_identities([], [])
         assert run_opener("r", files[0], loginuid=staff.pw_uid) == ["ok"]  # root, unknown login
-    assert [(e[3], e[4]) for e in driver.slow] == [(0, staff.pw_uid)]
+    assert [(e[3], e[4], e[8]) for e in driver.slow] == [(0, staff.pw_uid, ans.KIND_ADMIN)]
+
+
+ALLOW = Decision(Verdict.ALLOW, "in scope", "in_scope", SubjectKind.TECHNICIAN, "tess")
+FOREVER = (1 << 63) - 1
+
+
+def test_a_remembered_allow_is_answered_in_c_and_handed_over_with_its_decision(
+    files: list[str], accounts: dict[str, pwd.struct_passwd]
+) -> None:
+    tech = accounts[TECH]
+    with gated(Path(files[0]).parent) as (answerer, group), Driver(answerer, group) as driver:
+        answerer.set_identities([tech.pw_uid], [])
+        assert run_opener("r", files[0], user=tech) == ["ok"]
+        login = driver.slow[0][4]
+        loginuid = UNSET_LOGINUID if login is None else login
+        now = time.time_ns()
+        answerer.remember(tech.pw_uid, loginuid, ans.ACCESS_READ, files[0], 0, now, FOREVER, ALLOW)
+        assert run_opener("r", files[0], files[0], user=tech) == ["ok", "ok"]
+        assert answerer.recalled() == 2
+    assert [e[9] for e in driver.slow] == [None, ALLOW, ALLOW]
+    assert driver.slow[1][9] is ALLOW
+    assert answerer.counters()[3] == 0  # no response refused: each answered exactly once
+
+
+def test_a_remembered_allow_holds_only_for_its_key_its_span_and_its_generation(
+    files: list[str], accounts: dict[str, pwd.struct_passwd]
+) -> None:
+    tech, staff = accounts[TECH], accounts[STAFF]
+    with gated(Path(files[0]).parent) as (answerer, group), Driver(answerer, group) as driver:
+        answerer.set_identities([tech.pw_uid, staff.pw_uid], [])
+        assert run_opener("r", files[0], user=tech) == ["ok"]
+        login = driver.slow[0][4]
+        loginuid = UNSET_LOGINUID if login is None else login
+        now = time.time_ns()
+        read = ans.ACCESS_READ
+        answerer.remember(tech.pw_uid, loginuid, read, files[0], 0, now, FOREVER, ALLOW)
+        answerer.remember(tech.pw_uid, loginuid, read, files[1], 0, now - 10**9, now, ALLOW)
+        answerer.remember(tech.pw_uid, loginuid, read, files[2], 0, now + 10**12, FOREVER, ALLOW)
+        assert run_opener("w", files[0], user=tech) == ["ok"]  # another access
+        assert run_opener("r", files[0], user=staff) == ["ok"]  # another uid
+        assert run_opener("r", files[1], user=tech) == ["ok"]  # its span has ended
+        assert run_opener("r", files[2], user=tech) == ["ok"]  # its span has not begun
+        assert answerer.recalled() == 0
+        answerer.forget(1)  # a new agreement or new grants
+        assert run_opener("r", files[0], user=tech) == ["ok"]
+        assert answerer.recalled() == 0
+        answerer.remember(tech.pw_uid, loginuid, read, files[0], 1, now, FOREVER, ALLOW)
+        assert run_opener("r", files[0], user=tech) == ["ok"]
+        assert answerer.recalled() == 1
+    assert [e[9] is None for e in driver.slow] == [True] * 6 + [False]
+
+
+def test_an_open_only_a_stat_can_classify_is_never_remembered(
+    files: list[str], accounts: dict[str, pwd.struct_passwd]
+) -> None:
+    answerer = Answerer(-1)
+    with pytest.raises(ValueError, match="cannot be remembered"):
+        answerer.remember(1, 1, ans.ACCESS_STAT, files[0], 0, 0, FOREVER, ALLOW)
+    answerer.close()
 
 
 def test_threads_of_this_process_are_exempt_without_being_named(files: list[str]) -> None:
