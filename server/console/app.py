@@ -233,7 +233,7 @@ async def roll_up_round(console: Console) -> int:
     database thread (pages and ingest queued meanwhile run between chunks); how many."""
     counted = 0
     for _ in range(ROLL_UP_TURNS):
-        done = await console.rt.db(console.store.roll_up, ROLL_UP_CHUNK, ROLL_UP_CHUNK)
+        done = await console.rt.db(console.store.rollup.roll_up, ROLL_UP_CHUNK, ROLL_UP_CHUNK)
         counted += done
         if done < ROLL_UP_CHUNK:
             break

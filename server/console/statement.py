@@ -71,8 +71,9 @@ class GrantRow:
 
 
 @dataclass(frozen=True, slots=True)
-class DenialRow:
-    """One denied access."""
+class StatementDenial:
+    """One denied access as the statement shows it: the time in the client's zone, the path
+    as the viewer may read it (the stored row is `server.store.console.DenialRow`)."""
 
     when: str
     technician: str
@@ -120,7 +121,7 @@ class Statement:
     heat_days: list[str]
     heat: dict[tuple[str, str], int]
     grants: list[GrantRow]
-    denials: list[DenialRow]
+    denials: list[StatementDenial]
     denials_total: int
     incidents: list[IncidentRow]
     verification: list[VerificationRow]
@@ -179,9 +180,10 @@ def build(src: Sources, viewer: Person, client: str, month: str, now: int) -> St
     zone = src.zone(client)
     start, end = month_bounds(month, zone)
     lo, hi = int(start.timestamp()), int(end.timestamp())
-    src.console.roll_up(max_rows=MAX_ROLL_UP)
-    uncounted = src.console.backlog(client)
-    summary = src.console.access_summary(client, lo * NANOS, hi * NANOS)
+    rollup = src.console.rollup
+    rollup.roll_up(max_rows=MAX_ROLL_UP)
+    uncounted = rollup.backlog(client)
+    summary = rollup.access_summary(client, lo * NANOS, hi * NANOS)
     accesses = [
         AccessRow(
             a.technician,
@@ -197,7 +199,7 @@ def build(src: Sources, viewer: Person, client: str, month: str, now: int) -> St
     ]
     starts = day_starts(start, end)
     days = [f"{d:02d}" for d in range(1, len(starts))]
-    heat = {(tech, days[i]): n for (tech, i), n in src.console.daily_counts(client, starts).items()}
+    heat = {(tech, days[i]): n for (tech, i), n in rollup.daily_counts(client, starts).items()}
     technicians = sorted({t for t, _ in heat})
     grants: list[GrantRow] = []
     grants_total = src.access.count_requests(client=client, touching=(lo, hi))
@@ -223,7 +225,7 @@ def build(src: Sources, viewer: Person, client: str, month: str, now: int) -> St
             )
         )
     denials = [
-        DenialRow(
+        StatementDenial(
             local(d.unix_nanos / NANOS, zone, "%d %b %H:%M:%S"),
             d.technician,
             d.area,

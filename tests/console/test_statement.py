@@ -22,6 +22,7 @@ from server.store import Store
 from server.store.access import AccessStore
 from server.store.console import ConsoleStore
 from server.store.incidents import IncidentStore
+from server.store.rollup import HourlyRollup
 from tests.console.world import access_record, add_agent, append
 from tests.server.conftest import pg_cluster, store, store_url  # noqa: F401 - fixtures
 
@@ -90,7 +91,7 @@ def _store_month(s: Store) -> None:
 
 def test_rollup_counts_are_summed_per_technician_area_and_local_day(store: Store) -> None:  # noqa: F811
     _store_month(store)
-    console = ConsoleStore(store)
+    console = HourlyRollup(store)
     assert console.backlog() == 7
     assert console.roll_up() == 7
     assert console.backlog("clinic") == 0
@@ -108,7 +109,7 @@ def test_rollup_counts_are_summed_per_technician_area_and_local_day(store: Store
 
 def test_roll_up_is_bounded_and_the_backlog_says_what_is_left(store: Store) -> None:  # noqa: F811
     _store_month(store)
-    console = ConsoleStore(store)
+    console = ConsoleStore(store).rollup  # the console store reaches its rollup
     assert console.roll_up(max_rows=3, chunk=2) == 3
     assert console.backlog("clinic") == 4
     assert console.backlog("another-client") == 0
@@ -286,7 +287,7 @@ def test_a_long_path_breaks_after_a_slash(measure: pdf._Measure) -> None:
 
 
 def _statement(name: str, denials: int) -> statement.Statement:
-    row = statement.DenialRow(
+    row = statement.StatementDenial(
         "02 Apr 10:00:00", "tech2", "records", "read", "/srv/r/denied.pdf", "out_of_scope"
     )
     return statement.Statement(
