@@ -1,7 +1,7 @@
 """Console page response times with many stored events, on SQLite and PostgreSQL.
 
 Run: .venv/bin/python bench/console_bench.py [EVENTS] [--stores sqlite,postgres]
-(default 1,000,000 events, both stores)
+[--incidents N] [--runs N] (default 1,000,000 events, both stores, 40 warm fetches)
 
 For each store: a real `custodes server run --console` over a database holding EVENTS
 access events of one client (30 days, 3 technicians, 2 agents, ~3% denials) written with
@@ -13,6 +13,9 @@ hold the database thread while they work), then an MSP auditor signs in over HTT
 fetches each page once cold (printed on its own; a console without the background rollup
 counts the month in its first statement) and RUNS times warm; p50 and p99 of the full
 HTTP round trip. Baseline: the sign-in page (no database work) in the same run.
+--incidents N stores N more incidents (five years, 200 clients, mostly closed) before the
+server starts, and prints the server's peak RSS before and after the incidents page and
+the breach register (a full export, streamed) are fetched.
 PostgreSQL runs when an initdb binary exists (tests/server/conftest.py's throwaway
 cluster). The load average is printed at the start and end of each store's run, since
 the figures move with whatever else the machine runs.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import json
 import os
 import shutil
 import statistics
@@ -39,6 +43,8 @@ sys.path.insert(0, str(ROOT))
 from policies.model import Action  # noqa: E402
 from server.access import Draft, create  # noqa: E402
 from server.access_service import Agreements  # noqa: E402
+from server.incidents import assessment  # noqa: E402
+from server.incidents.model import Incident, State  # noqa: E402
 from server.store import Store, open_store  # noqa: E402
 from server.store.access import AccessStore  # noqa: E402
 from server.store.console import ConsoleStore  # noqa: E402
@@ -61,6 +67,7 @@ BATCH = 5000
 REQUESTS = 300
 TECHS = ("tech1", "tech2", "tech3")
 DETECT_WAIT_S = 900.0
+INCIDENT_CLIENTS = 200
 
 
 def fill(url: str, events: int, now: float) -> float:
@@ -113,6 +120,77 @@ def requests(store: Store, now: float) -> None:
         access.add_request(create(f"jit-bench{i:04d}", draft, person, compiled, at))
 
 
+def seed_incidents(url: str, count: int, now: float) -> None:
+    """COUNT more incidents over five years, across INCIDENT_CLIENTS clients (CLINIC among
+    them), 2% undecided, the rest decided and closed with a full assessment: written
+    straight into ndb_incidents as the detector and the assessment steps leave them."""
+    inc = Incident(
+        0, "bulk_read", CLINIC, "tech1", "", "tech1 read 60 files within 10 minutes", now, 0, 0
+    )
+    inc, _ = assessment.assess(
+        inc,
+        "privacy officer",
+        now,
+        factors=dict.fromkeys(("kinds", "persons", "harm"), "recorded in the bench"),
+        containment=[("technician's session reviewed with the MSP", now)],
+    )
+    decided, _ = assessment.decide(inc, "privacy officer", now, State.NOT_ELIGIBLE, ["no harm"])
+    closed, _ = assessment.close(decided, "privacy officer", now, "reviewed; nothing disclosed")
+    shapes = [(State.OPEN.value, json.dumps(inc.assessment_json()))] + [
+        (State.CLOSED.value, json.dumps(closed.assessment_json()))
+    ] * 49
+    store = open_store(url)
+    try:
+        incidents = IncidentStore(store)
+        start = now - 5 * 365 * 86400
+        for first in range(0, count, BATCH):
+            rows = []
+            for i in range(first, min(count, first + BATCH)):
+                state, shape = shapes[i % len(shapes)]
+                aware = start + (now - start) * i / count
+                client = CLINIC if i % 7 == 0 else f"client-{i % INCIDENT_CLIENTS:03d}"
+                rows.append(
+                    (
+                        f"bulk_read|{client}|tech{i}|",
+                        "bulk_read",
+                        client,
+                        f"tech{i % 40}",
+                        f"tech{i % 40} read {50 + i % 30} distinct sensitive files",
+                        f"tech{i % 40}",
+                        "clinic-a",
+                        state,
+                        aware,
+                        aware - 600,
+                        aware - 5,
+                        '["records"]',
+                        '["health", "contact"]',
+                        60,
+                        60,
+                        60,
+                        shape,
+                    )
+                )
+            with incidents._tx(write=True) as cur:
+                incidents._many(
+                    cur,
+                    "INSERT INTO ndb_incidents (dedup_key, rule, client, subject, summary,"
+                    " technician, agent_id, state, aware_unix, first_unix, last_unix, areas,"
+                    " kinds, files, individuals, evidence_count, assessment)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+    finally:
+        store.close()
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The process's peak resident set (VmHWM), KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
 def wait_for_detection(url: str, events: int) -> float:
     """Seconds until the server's detector has read every stored event (DETECT_WAIT_S at
     most): its catch-up holds the database thread, and pages fetched meanwhile wait."""
@@ -135,7 +213,8 @@ def wait_for_rollup(url: str) -> str:
     state beside ingest); a console without one (older code) counts in the first statement."""
     store = open_store(url, migrate=False)
     try:
-        backlog = getattr(ConsoleStore(store), "backlog", None)
+        console = ConsoleStore(store)
+        backlog = getattr(getattr(console, "rollup", console), "backlog", None)
         if backlog is None:
             return "no background rollup"
         started = time.perf_counter()
@@ -162,16 +241,16 @@ def fetch(http: Http, path: str) -> float:
     return ms
 
 
-def timings(http: Http, path: str) -> tuple[float, float]:
-    """p50 and p99 in milliseconds of RUNS fetches of `path`."""
-    samples = sorted(fetch(http, path) for _ in range(RUNS))
+def timings(http: Http, path: str, runs: int = RUNS) -> tuple[float, float]:
+    """p50 and p99 in milliseconds of `runs` fetches of `path`."""
+    samples = sorted(fetch(http, path) for _ in range(runs))
     return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
 
 
 Row = tuple[str, str, float, float, float]
 
 
-def run(name: str, database: str | None, events: int) -> list[Row]:
+def run(name: str, database: str | None, events: int, incidents: int, runs: int) -> list[Row]:
     base = Path(tempfile.mkdtemp(prefix="cbench-"))
     server = ConsoleServer(base / "server", database=database)
     try:
@@ -188,6 +267,11 @@ def run(name: str, database: str | None, events: int) -> list[Row]:
         url = database or str(server.data / "custodes.db")
         seconds = fill(url, events, now)
         print(f"{name}: stored {events:,} events in {seconds:.0f} s", flush=True)
+        if incidents:
+            started = time.perf_counter()
+            seed_incidents(url, incidents, now)
+            took = time.perf_counter() - started
+            print(f"{name}: stored {incidents:,} more incidents in {took:.0f} s", flush=True)
         server.start()
         waited = wait_for_detection(url, events)
         rolled = wait_for_rollup(url)
@@ -212,11 +296,20 @@ def run(name: str, database: str | None, events: int) -> list[Row]:
         ]
         out = []
         for label, path in pages:
+            pid = server.proc.pid if server.proc else 0
+            before = peak_rss_kib(pid)
             cold = fetch(http, path)
             for _ in range(3):
                 fetch(http, path)
-            p50, p99 = timings(http, path)
+            p50, p99 = timings(http, path, runs)
             out.append((name, label, cold, p50, p99))
+            if path.startswith("/incidents"):
+                after = peak_rss_kib(pid)
+                print(
+                    f"{name}: server peak RSS {before / 1024:.0f} MiB before {label}, "
+                    f"{after / 1024:.0f} MiB after {runs + 4} fetches",
+                    flush=True,
+                )
         print(f"{name}: measured; load {load()}", flush=True)
         return out
     finally:
@@ -242,21 +335,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("events", type=int, nargs="?", default=1_000_000)
     parser.add_argument("--stores", default="sqlite,postgres")
+    parser.add_argument(
+        "--incidents",
+        type=int,
+        default=0,
+        help="store this many more incidents (five years, 200 clients) before the server starts",
+    )
+    parser.add_argument("--runs", type=int, default=RUNS, help=f"warm fetches (default {RUNS})")
     args = parser.parse_args()
     events = args.events
     stores = args.stores.split(",")
     print(f"load at start {load()}", flush=True)
     rows: list[Row] = []
     if "sqlite" in stores:
-        rows += run("sqlite", None, events)
+        rows += run("sqlite", None, events, args.incidents, args.runs)
     if "postgres" in stores:
         with postgres() as url:
             if url is not None:
-                rows += run("postgres", url, events)
+                rows += run("postgres", url, events, args.incidents, args.runs)
             else:
                 print("postgres: no initdb on this machine; skipped")
     print(
-        f"\nconsole pages with {events:,} stored events, {RUNS} warm fetches each (HTTPS, "
+        f"\nconsole pages with {events:,} stored events, {args.incidents:,} more incidents, "
+        f"{args.runs} warm fetches each (HTTPS, "
         "full round trip); cold: the first fetch"
     )
     print(

@@ -8,12 +8,14 @@ step is kept in the incident's audit trail.
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import json
 import sys
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeAlias
+from typing import TextIO, TypeAlias
 
 from protos.errors import UsageError
 from server.datadir import DEFAULT_DATA, DataDir
@@ -25,6 +27,8 @@ from server.store.incidents import IncidentStore
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Step = Callable[[Incident, float], tuple[Incident, AuditEntry]]
+CHUNK = 500  # incidents read per query by `list` and `register`
+MAX_CHUNKS = 20_000  # 10M incidents: a bound on the loop, never reached in practice
 
 
 def register(groups: Subparsers) -> None:
@@ -144,25 +148,43 @@ def _when(text: str | None) -> float:
     return (at if at.tzinfo else at.replace(tzinfo=dt.UTC)).timestamp()
 
 
+def _each(
+    store: Store, client: str | None, states: Sequence[State] | None = None
+) -> Iterator[Incident]:
+    """Every incident (of `client`, in `states`) by id, read CHUNK at a time: a register of
+    years of incidents is never held in memory at once."""
+    found = IncidentStore(store)
+    after = 0
+    for _ in range(MAX_CHUNKS):
+        chunk = found.incidents(client=client, states=states, after_id=after, limit=CHUNK)
+        yield from chunk
+        if len(chunk) < CHUNK:
+            return
+        after = chunk[-1].id
+    raise UsageError(
+        f"more than {MAX_CHUNKS * CHUNK:,} incidents; expected fewer",
+        hint="narrow the list with --client",
+    )
+
+
 def _list(args: argparse.Namespace) -> int:
     store = _open(args)
+    now = _now()
     try:
         states = [State(s) for s in args.state] if args.state else None
-        found = IncidentStore(store).incidents(client=args.client, states=states)
+        for inc in _each(store, args.client, states):
+            if args.overdue and not inc.overdue(now):
+                continue
+            if args.json:
+                print(json.dumps(book_register.row(inc, now)))
+                continue
+            flag = " OVERDUE" if inc.overdue(now) else ""
+            print(
+                f"{inc.label}\t{inc.client}\t{inc.state}{flag}\t{inc.rule}\t{inc.subject}\t"
+                f"due {book_register.iso(inc.due_unix)[:10]}\t{inc.summary}"
+            )
     finally:
         store.close()
-    now = _now()
-    if args.overdue:
-        found = [i for i in found if i.overdue(now)]
-    for inc in found:
-        if args.json:
-            print(json.dumps(book_register.row(inc, now)))
-            continue
-        flag = " OVERDUE" if inc.overdue(now) else ""
-        print(
-            f"{inc.label}\t{inc.client}\t{inc.state}{flag}\t{inc.rule}\t{inc.subject}\t"
-            f"due {book_register.iso(inc.due_unix)[:10]}\t{inc.summary}"
-        )
     return 0
 
 
@@ -275,18 +297,31 @@ def _statement(args: argparse.Namespace) -> int:
 def _register(args: argparse.Namespace) -> int:
     store = _open(args)
     try:
-        found = IncidentStore(store).incidents(client=args.client)
+        if args.out is None:
+            _write_register(sys.stdout, _each(store, args.client), args.format, _now())
+            return 0
+        part = args.out.with_name(f".{args.out.name}.part")
+        with part.open("w", encoding="utf-8") as out:
+            count = _write_register(out, _each(store, args.client), args.format, _now())
+        part.replace(args.out)
     finally:
         store.close()
-    now = _now()
-    text = (
-        book_register.to_csv(found, now)
-        if args.format == "csv"
-        else book_register.to_json(found, now)
-    )
-    if args.out is None:
-        sys.stdout.write(text)
-    else:
-        args.out.write_text(text, encoding="utf-8")
-        print(f"wrote {len(found)} incident(s) to {args.out}", file=sys.stderr)
+    print(f"wrote {count} incident(s) to {args.out}", file=sys.stderr)
     return 0
+
+
+def _write_register(out: TextIO, incidents: Iterable[Incident], fmt: str, now: float) -> int:
+    """The register as CSV or JSON (as register.to_csv/to_json write it), row by row;
+    how many incidents."""
+    count = 0
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=book_register.COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for count, inc in enumerate(incidents, 1):  # noqa: B007 - the count is returned
+            writer.writerow(book_register.row(inc, now))
+        return count
+    for count, inc in enumerate(incidents, 1):
+        text = json.dumps(book_register.row(inc, now), indent=2)
+        out.write(("[\n" if count == 1 else ",\n") + textwrap.indent(text, "  "))
+    out.write("\n]\n" if count else "[]\n")
+    return count

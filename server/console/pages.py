@@ -12,7 +12,7 @@ import csv
 import datetime as dt
 import io
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -29,7 +29,7 @@ from server.incidents import statement as ndb_statement
 from server.incidents.errors import IncidentNotFoundError
 from server.incidents.model import FACTORS, UNDECIDED, AuditEntry, Incident, State
 from server.store.base import StoreConflictError, StoreError
-from server.store.console import SessionRow
+from server.store.console import QueueCursor, SessionRow
 
 if TYPE_CHECKING:
     from server.console.app import Console
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("custodes.server.console")
 T = TypeVar("T")
 MAX_CSV_ROWS = 100_000
+REGISTER_CHUNK = 500  # incidents read per turn of the database thread for the register
+MAX_REGISTER_CHUNKS = 20_000  # 10M incidents: a bound on the loop, never reached in practice
 OVERVIEW_INCIDENTS = 20  # open incidents the overview lists (first due); Incidents has all
 
 
@@ -432,14 +434,38 @@ async def events_csv(request: web.Request) -> web.StreamResponse:
 # -- incidents -----------------------------------------------------------------------------
 
 
+def _incidents(src: views.Sources, viewer: Person, q: Any) -> dict[str, Any]:
+    page = views.incident_page(
+        src,
+        viewer,
+        time.time(),
+        client=q.get("client") or None,
+        state=q.get("state") or "",
+        after=QueueCursor.parse(q.get("after")),
+    )
+    return {"page": page, "clients": rights.clients_in_scope(viewer, views.known_clients(src))}
+
+
 async def incidents_page(request: web.Request) -> web.StreamResponse:
-    """The queue sorted by due date."""
+    """The queue, a page at a time: undecided by due date, then decided newest first."""
     viewer = _viewer(request)
     if not rights.may_read_incidents(viewer):
         return _forbidden(request, "Incidents are shown to approvers, auditors and admins.")
     src = _sources(request)
-    queue = await _db(request, views.incident_queue, src, viewer, time.time())
-    return _render(request, "incidents.html", title="Incidents", queue=queue)
+    try:
+        data = await _db(request, _incidents, src, viewer, request.query)
+    except rights.ConsoleForbiddenError as exc:
+        return _forbidden(request, str(exc))
+    q = {k: v for k, v in request.query.items() if k in ("client", "state") and v}
+    return _render(
+        request,
+        "incidents.html",
+        title="Incidents",
+        q=q,
+        states=list(views.QUEUE_STATES),
+        first_page=not request.query.get("after"),
+        **data,
+    )
 
 
 def _incident(src: views.Sources, viewer: Person, incident_id: int) -> dict[str, Any] | None:
@@ -580,21 +606,60 @@ async def incident_step(request: web.Request) -> web.StreamResponse:
 
 
 async def register_csv(request: web.Request) -> web.StreamResponse:
-    """The breach register of the viewer's clients as CSV."""
+    """The breach register of the viewer's clients as CSV: every incident, streamed."""
     viewer = _viewer(request)
     if not rights.may_read_incidents(viewer):
         return _forbidden(
             request, "The breach register is shown to approvers, auditors and admins."
         )
     src = _sources(request)
-    found = await _db(request, lambda: src.incidents.incidents(client=viewer.client))
-    found = [i for i in found if viewer.serves(i.client)]
-    return web.Response(
-        text=book_register.to_csv(found, time.time()),
-        content_type="text/csv",
-        charset="utf-8",
-        headers={"Content-Disposition": 'attachment; filename="breach-register.csv"'},
+
+    async def read(after: int, limit: int) -> list[Incident]:
+        return await _db(request, _register_chunk, src, viewer.client, after, limit)
+
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": 'attachment; filename="breach-register.csv"',
+        }
     )
+    await response.prepare(request)
+    async for text in register_text(read, viewer, time.time()):
+        await response.write(text.encode())
+    await response.write_eof()
+    return response
+
+
+def _register_chunk(
+    src: views.Sources, client: str | None, after: int, limit: int
+) -> list[Incident]:
+    return src.incidents.incidents(client=client, after_id=after, limit=limit)
+
+
+async def register_text(
+    read: Callable[[int, int], Awaitable[list[Incident]]],
+    viewer: Person,
+    now: float,
+    chunk: int = REGISTER_CHUNK,
+) -> AsyncIterator[str]:
+    """The register's CSV (header first), `chunk` incidents read at a time by id with
+    `read(after_id, limit)`: one database turn each, never every incident in memory."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=book_register.COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    after = 0
+    for _ in range(MAX_REGISTER_CHUNKS):
+        found = await read(after, chunk)
+        for inc in found:
+            if viewer.serves(inc.client):
+                writer.writerow(book_register.row(inc, now))
+        yield out.getvalue()
+        out.seek(0)
+        out.truncate()
+        if len(found) < chunk:
+            return
+        after = found[-1].id
+    log.warning("console_register_cut", person=viewer.name, incidents_after=after)
 
 
 # -- client access statement ---------------------------------------------------------------

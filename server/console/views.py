@@ -19,10 +19,11 @@ from policies.schema import Agreement
 from protos.wire import pb
 from server.access import ENDED, Person, Request, Role, State
 from server.console import rights
-from server.incidents.model import ASSESSMENT_DAYS, DAY_S, UNDECIDED, Incident
+from server.incidents.model import ASSESSMENT_DAYS, DAY_S, Incident
+from server.incidents.model import State as IncidentState
 from server.store.access import AccessStore
 from server.store.base import EventCursor, Store, StoredRecord
-from server.store.console import ConsoleStore
+from server.store.console import UNDECIDED_STATES, ConsoleStore, IncidentBrief, QueueCursor
 from server.store.incidents import IncidentStore
 
 NANOS = 1_000_000_000
@@ -181,17 +182,85 @@ def incident_line(inc: Incident, zone: ZoneInfo, now: float) -> IncidentLine:
     )
 
 
-def incident_queue(
-    src: Sources, viewer: Person, now: float, *, open_only: bool = False
-) -> list[IncidentLine]:
-    """Incidents the viewer may read, sorted by due date (undecided first)."""
+def brief_line(src: Sources, b: IncidentBrief, now: float) -> IncidentLine:
+    """An incident read as a brief (no assessment parsed) as a queue line."""
+    zone = src.zone(b.client)
+    due = b.aware_unix + ASSESSMENT_DAYS * DAY_S
+    return IncidentLine(
+        b.id,
+        f"INC-{b.id:06d}",
+        b.client,
+        b.state.replace("_", " "),
+        b.summary,
+        b.technician,
+        local(b.aware_unix, zone),
+        local(due, zone, "%a %d %b %Y"),
+        round((due - now) / DAY_S, 1),
+        b.state in UNDECIDED_STATES and now > due,
+        b.individuals,
+    )
+
+
+QUEUE_STATES = {  # the incidents page's state filter: its values and the states they mean
+    "undecided": UNDECIDED_STATES,
+    "decided": tuple(s.value for s in IncidentState if s.value not in UNDECIDED_STATES),
+    **{s.value: (s.value,) for s in IncidentState},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentPage:
+    """One page of the incident queue, with the totals it is a page of."""
+
+    undecided: list[IncidentLine]
+    decided: list[IncidentLine]
+    undecided_total: int
+    decided_total: int
+    next: str  # the next page's cursor ("" on the last page)
+
+    @property
+    def shown(self) -> int:
+        """Incidents on this page."""
+        return len(self.undecided) + len(self.decided)
+
+
+def incident_page(
+    src: Sources,
+    viewer: Person,
+    now: float,
+    *,
+    client: str | None = None,
+    state: str = "",
+    after: QueueCursor | None = None,
+) -> IncidentPage:
+    """The incidents the viewer may read (of `client`, in the `state` filter), PAGE at a time:
+    the undecided first by due date, then the decided newest first.
+
+    ConsoleForbiddenError for a client outside the viewer's scope.
+    """
     if not rights.may_read_incidents(viewer):
-        return []
-    client = viewer.client
-    found = src.incidents.incidents(client=client, states=list(UNDECIDED) if open_only else None)
-    found = [i for i in found if viewer.serves(i.client)]
-    found.sort(key=lambda i: (i.state not in UNDECIDED, i.due_unix, i.id))
-    return [incident_line(i, src.zone(i.client), now) for i in found]
+        raise rights.ConsoleForbiddenError(f"{viewer.name} may not read incidents")
+    if client is not None and not viewer.serves(client):
+        raise rights.ConsoleForbiddenError(
+            f"{viewer.name} may see client {viewer.client} only, not {client}"
+        )
+    client = client or viewer.client
+    states = QUEUE_STATES.get(state, ())
+    briefs = src.console.incident_queue(client, states, after, PAGE + 1)
+    page = briefs[:PAGE]
+    last = page[-1] if len(briefs) > PAGE else None
+    chosen = set(states)
+    undecided = [s for s in UNDECIDED_STATES if not chosen or s in chosen]
+    decided = [s for s in QUEUE_STATES["decided"] if not chosen or s in chosen]
+    return IncidentPage(
+        [brief_line(src, b, now) for b in page if b.state in UNDECIDED_STATES],
+        [brief_line(src, b, now) for b in page if b.state not in UNDECIDED_STATES],
+        src.console.count_incidents(client, undecided) if undecided else 0,
+        src.console.count_incidents(client, decided) if decided else 0,
+        ""
+        if last is None
+        else QueueCursor(last.state in UNDECIDED_STATES, last.aware_unix, last.id).text(),
+    )
 
 
 def first_open_incidents(
@@ -200,29 +269,8 @@ def first_open_incidents(
     """How many incidents the viewer may read are undecided, and the `limit` due first."""
     if not rights.may_read_incidents(viewer):
         return 0, []
-    total, briefs = src.console.incidents_in_states(
-        viewer.client, sorted(s.value for s in UNDECIDED), limit
-    )
-    lines = []
-    for b in briefs:
-        zone = src.zone(b.client)
-        due = b.aware_unix + ASSESSMENT_DAYS * DAY_S
-        lines.append(
-            IncidentLine(
-                b.id,
-                f"INC-{b.id:06d}",
-                b.client,
-                b.state.replace("_", " "),
-                b.summary,
-                b.technician,
-                local(b.aware_unix, zone),
-                local(due, zone, "%a %d %b %Y"),
-                round((due - now) / DAY_S, 1),
-                now > due,
-                b.individuals,
-            )
-        )
-    return total, lines
+    total, briefs = src.console.incidents_in_states(viewer.client, UNDECIDED_STATES, limit)
+    return total, [brief_line(src, b, now) for b in briefs]
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,10 +9,12 @@ works on SQLite and PostgreSQL alike. Only a hash of a session id is ever stored
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from server.incidents.model import UNDECIDED
 from server.store.base import Store, StoreError
 from server.store.rollup import (  # noqa: F401 - re-exported: they were defined here
     HOUR_NANOS,
@@ -22,6 +24,8 @@ from server.store.rollup import (  # noqa: F401 - re-exported: they were defined
     HourlyRollup,
 )
 from server.store.sql import Cursor, SqlStore
+
+UNDECIDED_STATES = tuple(sorted(s.value for s in UNDECIDED))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,34 @@ class IncidentBrief:
     client: str = ""
     technician: str = ""
     individuals: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCursor:
+    """Where a page of the incident queue ended: the last incident shown, in its group."""
+
+    undecided: bool
+    aware_unix: float
+    id: int
+
+    def text(self) -> str:
+        """The cursor as a query value (`U:AWARE:ID` or `D:ID`; floats round-trip by repr)."""
+        return f"U:{self.aware_unix!r}:{self.id}" if self.undecided else f"D:{self.id}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> QueueCursor | None:
+        """A cursor back from `text` (None when absent or malformed)."""
+        group, _, rest = (text or "")[:80].partition(":")
+        aware, _, ident = rest.rpartition(":")
+        if not ident.isdigit():
+            return None
+        if group == "D" and not aware:
+            return cls(False, 0.0, int(ident))
+        try:
+            at = float(aware)
+        except ValueError:
+            return None
+        return cls(True, at, int(ident)) if group == "U" and math.isfinite(at) else None
 
 
 class ConsoleStore:
@@ -254,20 +286,71 @@ class ConsoleStore:
         """How many incidents (of `client`, or all) are in `states`, and the `limit` the
         entity became aware of first (so the first due)."""
         where = f"state IN ({', '.join('?' * len(states))})"
+        first = self._briefs(client, where, list(states), "aware_unix, id", limit)
+        return self.count_incidents(client, states), first
+
+    def incident_queue(
+        self,
+        client: str | None,
+        states: Sequence[str],
+        after: QueueCursor | None,
+        limit: int,
+    ) -> list[IncidentBrief]:
+        """One page of the incident queue: incidents (of `client`, or all) in `states` (every
+        state when empty), the undecided first by due date, then the decided newest first;
+        at most `limit`, from after `after` (keyset: no row is skipped or read twice)."""
+        chosen = set(states)
+        undecided = [s for s in UNDECIDED_STATES if not chosen or s in chosen]
+        decided = sorted(chosen - set(UNDECIDED_STATES))
+        out: list[IncidentBrief] = []
+        if undecided and (after is None or after.undecided):
+            where = f"state IN ({', '.join('?' * len(undecided))})"
+            params: list[object] = list(undecided)
+            if after is not None:
+                where += " AND (aware_unix > ? OR (aware_unix = ? AND id > ?))"
+                params += [after.aware_unix, after.aware_unix, after.id]
+            out += self._briefs(client, where, params, "aware_unix, id", limit)
+        if (decided or not chosen) and len(out) < limit:
+            # Every decided state as NOT IN: the primary key (or ndb_incidents_by_client)
+            # is read newest first and the walk stops at the limit, where an IN over six
+            # states would sort every decided incident first.
+            if chosen:
+                where = f"state IN ({', '.join('?' * len(decided))})"
+                params = list(decided)
+            else:
+                where = f"state NOT IN ({', '.join('?' * len(UNDECIDED_STATES))})"
+                params = list(UNDECIDED_STATES)
+            if after is not None and not after.undecided:
+                where += " AND id < ?"
+                params.append(after.id)
+            out += self._briefs(client, where, params, "id DESC", limit - len(out))
+        return out
+
+    def count_incidents(self, client: str | None, states: Sequence[str]) -> int:
+        """How many incidents (of `client`, or all) are in `states`."""
+        where = f"state IN ({', '.join('?' * len(states))})"
         params: list[object] = list(states)
         if client is not None:
             where += " AND client = ?"
             params.append(client)
         with self._tx(write=False) as cur:
             self._exec(cur, f"SELECT COUNT(*) FROM ndb_incidents WHERE {where}", params)  # noqa: S608
-            total = int(cur.fetchone()[0])
+            return int(cur.fetchone()[0])
+
+    def _briefs(
+        self, client: str | None, where: str, params: list[object], order: str, limit: int
+    ) -> list[IncidentBrief]:
+        if client is not None:
+            where += " AND client = ?"
+            params = [*params, client]
+        with self._tx(write=False) as cur:
             self._exec(
                 cur,
                 "SELECT id, summary, state, aware_unix, client, technician, individuals"  # noqa: S608
-                f" FROM ndb_incidents WHERE {where} ORDER BY aware_unix, id LIMIT ?",
+                f" FROM ndb_incidents WHERE {where} ORDER BY {order} LIMIT ?",
                 (*params, limit),
             )
-            return total, [
+            return [
                 IncidentBrief(
                     int(r[0]), str(r[1]), str(r[2]), float(r[3]), str(r[4]), r[5] or "", int(r[6])
                 )

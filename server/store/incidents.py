@@ -350,20 +350,26 @@ class IncidentStore:
             return self._get(cur, incident_id)
 
     def incidents(
-        self, *, client: str | None = None, states: Sequence[State] | None = None
+        self,
+        *,
+        client: str | None = None,
+        states: Sequence[State] | None = None,
+        after_id: int = 0,
+        limit: int | None = None,
     ) -> list[Incident]:
-        """Incidents by id (without audit trails), optionally of one client or some states."""
-        where: list[str] = []
-        params: list[object] = []
+        """Incidents by id (without audit trails), optionally of one client or some states;
+        with `after_id` and `limit`, one chunk of them (a full export reads chunk by chunk)."""
+        where: list[str] = ["id > ?"]
+        params: list[object] = [after_id]
         if client is not None:
             where.append("client = ?")
             params.append(client)
         if states:
             where.append(f"state IN ({', '.join('?' * len(states))})")
             params.extend(s.value for s in states)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        bound = "" if limit is None else f" LIMIT {int(limit)}"
         with self._tx(write=False) as cur:
-            self._exec(cur, f"{_SELECT}{clause} ORDER BY id", params)
+            self._exec(cur, f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY id{bound}", params)
             return [_incident(r) for r in cur.fetchall()]
 
     def save_step(self, before: Incident, after: Incident, entry: AuditEntry) -> Incident:

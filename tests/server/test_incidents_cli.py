@@ -10,8 +10,14 @@ from pathlib import Path
 import pytest
 
 from protos.cli import main
+from server import incidents_cli
+from server.detect.model import Finding
+from server.incidents import register
 from server.store import open_store
+from server.store.incidents import IncidentStore
 from tests.server.scenarios.harness import Run, scenario_files
+
+NOW = 1_760_000_000.0
 
 
 @pytest.fixture
@@ -117,3 +123,42 @@ def test_user_errors_print_a_message_not_a_traceback(
     assert code != 0
     assert message in err
     assert "Traceback" not in err
+
+
+def test_the_register_and_list_read_in_chunks_and_write_what_the_register_module_writes(
+    data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(data_dir / "custodes.db")
+    try:
+        incidents = IncidentStore(store)
+        for i in range(4):  # five incidents in all, read two at a time
+            finding = Finding("denied_out_of_scope", "harbourside-gp", f"tech{i}", NOW, f"case {i}")
+            incidents.commit(
+                [finding], now=NOW + i, window_s=60, state_rows={}, cursors={}, entities={}
+            )
+        every = incidents.incidents()
+    finally:
+        store.close()
+    monkeypatch.setattr(incidents_cli, "CHUNK", 2)
+    monkeypatch.setattr(incidents_cli, "_now", lambda: NOW)
+    d = ("--data", str(data_dir))
+    assert cli(capsys, "incidents", "register", *d)[1] == register.to_csv(every, NOW)
+    json_out = cli(capsys, "incidents", "register", "--format", "json", *d)[1]
+    assert json_out == register.to_json(every, NOW)
+    out = data_dir.parent / "register.json"
+    code, _, err = cli(capsys, "incidents", "register", "--format", "json", "--out", str(out), *d)
+    assert code == 0
+    assert "wrote 5 incident(s)" in err
+    assert out.read_text(encoding="utf-8") == json_out
+    listed = cli(capsys, "incidents", "list", *d)[1].splitlines()
+    assert [line.split("\t")[0] for line in listed] == [i.label for i in every]
+
+
+def test_an_empty_register_is_an_empty_json_array(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    assert main(["server", "init", "--data", str(data)]) == 0
+    capsys.readouterr()
+    out = cli(capsys, "incidents", "register", "--format", "json", "--data", str(data))[1]
+    assert out == register.to_json([], NOW) == "[]\n"
