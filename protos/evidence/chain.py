@@ -26,6 +26,12 @@ HASH_SIZE = 32
 MAX_SEQ = 2**64 - 1
 _DOMAIN = b"custodes/chain/v1\x00"
 _HEADER = struct.Struct(">QQ")
+LINK_HEADER = _HEADER
+"""seq u64 BE || len(event) u64 BE, as `link_hash` packs them after the previous hash."""
+SEEDED = hashlib.sha256(_DOMAIN)
+"""SHA-256 already fed the chain's domain; never updated. A receiver checking thousands of
+links takes `SEEDED.copy()` and feeds prev || LINK_HEADER || event, which saves hashing the
+domain and one concatenation per link (~0.3 µs)."""
 
 
 def link_hash(prev: bytes, seq: int, event: bytes) -> bytes:
@@ -110,7 +116,7 @@ def verify_links(prev: bytes, expected_seq: int, links: Sequence[Link], *, who: 
     if len(prev) != HASH_SIZE:
         raise MalformedError(f"previous hash is {len(prev)} bytes; expected {HASH_SIZE}")
     of = f" of agent {who!r}" if who else ""
-    sha256, pack, domain = hashlib.sha256, _HEADER.pack, _DOMAIN
+    seeded, pack = SEEDED.copy, _HEADER.pack
     remaining: set[int] | None = None  # built only on the slow path
     for position, link in enumerate(links):
         if link.seq != expected_seq:
@@ -133,7 +139,9 @@ def verify_links(prev: bytes, expected_seq: int, links: Sequence[Link], *, who: 
                 seq=expected_seq,
             )
         event = link.event
-        computed = sha256(domain + prev + pack(expected_seq, len(event)) + event).digest()
+        h = seeded()
+        h.update(prev + pack(expected_seq, len(event)) + event)
+        computed = h.digest()
         if computed != link.hash:
             raise ModifiedEventError(
                 f"event seq {link.seq}{of} does not match its chain hash "

@@ -16,6 +16,11 @@ from protos.evidence.errors import InconsistentTreeError, MalformedError, short
 HASH_SIZE = 32
 EMPTY_ROOT: bytes = hashlib.sha256(b"").digest()
 _SEQ = struct.Struct(">Q")
+RECORD_LEAF_INPUT = struct.Struct(">xQ32s")
+"""What a record's leaf hash covers: 0x00 (the leaf prefix, a pad byte) || seq || chain hash.
+
+One pack instead of two concatenations: ingest hashes one leaf per event.
+"""
 
 
 def leaf_hash(data: bytes) -> bytes:
@@ -30,15 +35,17 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 def record_leaf(seq: int, chain_hash: bytes) -> bytes:
     """The leaf hash of a stored agent event: SHA-256(0x00 || seq u64 BE || chain hash)."""
-    return hashlib.sha256(b"\x00" + _SEQ.pack(seq) + chain_hash).digest()
+    if len(chain_hash) != HASH_SIZE:  # a pack would pad or cut it
+        return hashlib.sha256(b"\x00" + _SEQ.pack(seq) + chain_hash).digest()
+    return hashlib.sha256(RECORD_LEAF_INPUT.pack(seq, chain_hash)).digest()
 
 
 def record_leaves(first_seq: int, chain_hashes: Sequence[bytes]) -> list[bytes]:
     """`record_leaf` for consecutive seqs from `first_seq`, in one tight loop."""
-    sha256, pack = hashlib.sha256, _SEQ.pack
-    return [
-        sha256(b"\x00" + pack(seq) + h).digest() for seq, h in enumerate(chain_hashes, first_seq)
-    ]
+    if not set(map(len, chain_hashes)) <= {HASH_SIZE}:
+        return [record_leaf(seq, h) for seq, h in enumerate(chain_hashes, first_seq)]
+    sha256, pack = hashlib.sha256, RECORD_LEAF_INPUT.pack
+    return [sha256(pack(seq, h)).digest() for seq, h in enumerate(chain_hashes, first_seq)]
 
 
 def _split(n: int) -> int:
@@ -105,11 +112,15 @@ class MerkleTree:
                 break
             if level + 1 == len(levels):
                 levels.append(bytearray())
-            view = memoryview(levels[level])
+            # One copy of the pairs to hash, then bytes slices of it: cheaper per pair than
+            # slicing a memoryview of the level (~1.2 against ~2 µs a node with the hash).
+            pairs = bytes(levels[level][first * 64 : last * 64])
             levels[level + 1] += b"".join(
-                [sha256(b"\x01" + view[p * 64 : p * 64 + 64]).digest() for p in range(first, last)]
+                [
+                    sha256(b"\x01%b" % pairs[at : at + 64]).digest()
+                    for at in range(0, len(pairs), 64)
+                ]
             )
-            view.release()
             old, new, level = first, last, level + 1
         self._size += len(leaves)
 
