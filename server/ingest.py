@@ -16,6 +16,7 @@ and resumes from the committed sequence).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -26,9 +27,9 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from protos.evidence import errors as ev
-from protos.evidence.chain import Link, make_links, verify_links
+from protos.evidence.chain import LINK_HEADER, MAX_SEQ, SEEDED, Link, make_links, verify_links
 from protos.evidence.keychain import EpochKey, KeyChain, Rotation
-from protos.evidence.merkle import record_leaves
+from protos.evidence.merkle import RECORD_LEAF_INPUT, record_leaves
 from protos.evidence.note import parse_checkpoint
 from protos.evidence.origins import agent_origin
 from protos.wire import pb, rpc
@@ -133,7 +134,10 @@ def to_record(agent_id: str, client: str, link: Link, event: pb.Event) -> Stored
     kind = event.WhichOneof("body") or "unknown"
     if kind == "access":
         a = event.access
-        return access_record(agent_id, client, link, event.unix_nanos, a, a.subject, a.object)
+        s, o = a.subject, a.object
+        return access_record(
+            agent_id, client, link.seq, link.event, link.hash, event.unix_nanos, a, s, o
+        )
     technician = area = None
     if kind == "grant":
         technician = event.grant.technician or None
@@ -155,7 +159,9 @@ def to_record(agent_id: str, client: str, link: Link, event: pb.Event) -> Stored
 def access_record(  # noqa: PLR0917 - the parts of one event, read once by the caller
     agent_id: str,
     client: str,
-    link: Link,
+    seq: int,
+    event: bytes,
+    chain_hash: bytes,
     unix_nanos: int,
     access: pb.AccessDecision,
     subject: pb.Subject,
@@ -171,9 +177,9 @@ def access_record(  # noqa: PLR0917 - the parts of one event, read once by the c
         StoredRecord,
         (
             agent_id,
-            link.seq,
-            link.event,
-            link.hash,
+            seq,
+            event,
+            chain_hash,
             client,
             unix_nanos,
             "access",
@@ -231,7 +237,7 @@ def check_batch(
 def check_checkpoint(  # noqa: PLR0917 - one call site each, all positional parts of a batch
     state: StreamState,
     note: bytes,
-    links: Sequence[Link],
+    last: int,
     new_head: bytes,
     rotations: Sequence[Rotation],
     next_seq: int,
@@ -242,7 +248,7 @@ def check_checkpoint(  # noqa: PLR0917 - one call site each, all positional part
     the current epoch's key, cover exactly the batch and sign its chain head. Raises
     RefusedError.
     """
-    keys, who, last = state.keys, state.agent_id, links[-1].seq
+    keys, who = state.keys, state.agent_id
     before = len(keys.learnt)
     try:
         for rotation in rotations:
@@ -303,7 +309,9 @@ def parse_records(
         if event.WhichOneof("body") == "access":  # nearly every event: its parts read once
             a = event.access
             s, o = a.subject, a.object
-            record = access_record(agent_id, client, link, event.unix_nanos, a, s, o)
+            record = access_record(
+                agent_id, client, link.seq, link.event, link.hash, event.unix_nanos, a, s, o
+            )
             if observations is not None:
                 observations.append(access_observation(record, a, s, o))
         else:
@@ -315,6 +323,79 @@ def parse_records(
                 observations.append(observation_of(record, event))
         out.append(record)
     return out, observations, rotations
+
+
+_Parsed: TypeAlias = (
+    "tuple[list[StoredRecord], list[Observation] | None, list[Rotation], list[bytes], bytes]"
+)
+
+
+def read_batch(
+    state: StreamState,
+    expected: int,
+    head: bytes,
+    batch: pb.EventBatch,
+    max_events: int,
+    *,
+    observe: bool,
+) -> _Parsed | None:
+    """A batch that continues the chain at (`expected`, `head`), verified and parsed in one pass.
+
+    Returns its stored records, their observations (when `observe`), its KeyRotated
+    announcements, their RFC 6962 leaf hashes and the new chain head; None as soon as
+    anything differs from a well-formed continuation (size, seq, link hash, parse, identity),
+    and the caller then runs `check_batch` and `parse_records`, which name the problem.
+
+    The same checks as those two, fused for the batches that pass them (nearly all): one
+    loop over the wire records instead of five (links, their check, parsing, leaves), no
+    Link objects, and the chain hash from a hasher already fed the domain. About 4 µs an
+    event less, on the thread that holds the GIL for most of ingest.
+    """
+    records = batch.records
+    n = len(records)
+    if not 0 < n <= max_events or expected + n - 1 > MAX_SEQ or batch.prev_hash != head:
+        return None
+    agent_id, client = state.agent_id, state.client
+    seeded, header, leaf_input = SEEDED.copy, LINK_HEADER.pack, RECORD_LEAF_INPUT.pack
+    sha256, parse = hashlib.sha256, pb.Event.FromString
+    out: list[StoredRecord] = []
+    observations: list[Observation] | None = [] if observe else None
+    rotations: list[Rotation] = []
+    leaves: list[bytes] = []
+    add, add_leaf = out.append, leaves.append
+    prev, seq = head, expected
+    for r in records:
+        event = r.event
+        if r.seq != seq:
+            return None
+        h = seeded()
+        h.update(prev + header(seq, len(event)) + event)
+        prev = h.digest()
+        if prev != r.chain_hash:
+            return None
+        try:
+            ev = parse(event)
+        except Exception:  # parse_records names it (protobuf raises DecodeError and others)
+            return None
+        if ev.seq != seq or ev.agent_id != agent_id or ev.client != client:
+            return None
+        if ev.WhichOneof("body") == "access":
+            a = ev.access
+            s, o = a.subject, a.object
+            record = access_record(agent_id, client, seq, event, prev, ev.unix_nanos, a, s, o)
+            if observations is not None:
+                observations.append(access_observation(record, a, s, o))
+        else:
+            record = to_record(agent_id, client, Link(seq, event, prev), ev)
+            if record.kind == "key_rotated":
+                k = ev.key_rotated
+                rotations.append(Rotation(seq, k.epoch, bytes(k.public_key)))
+            if observations is not None:
+                observations.append(observation_of(record, ev))
+        add(record)
+        add_leaf(sha256(leaf_input(seq, prev)).digest())
+        seq += 1
+    return out, observations, rotations, leaves, prev
 
 
 class Ingest:
@@ -362,7 +443,7 @@ class Ingest:
                 state, fresh, next_seq, observe=self.rt.detector is not None
             )
             learnt = check_checkpoint(
-                state, bytes(batch.checkpoint), fresh, new_head, rotations, next_seq
+                state, bytes(batch.checkpoint), last, new_head, rotations, next_seq
             )
             p = Prepared(
                 batch.batch_id,
@@ -384,27 +465,24 @@ class Ingest:
         Runs off the database thread, so the next batch is checked while the previous one
         commits. Raises RefusedError.
         """
-        expected = state.verified_next
-        links, new_head = check_batch(
-            state, expected, state.verified_head, batch, self.rt.limits.max_batch_events
-        )
-        records, observations, rotations = parse_records(
-            state, links, expected, observe=self.rt.detector is not None
-        )
+        expected, head = state.verified_next, state.verified_head
+        max_events, observe = self.rt.limits.max_batch_events, self.rt.detector is not None
+        parsed = read_batch(state, expected, head, batch, max_events, observe=observe)
+        if parsed is None:  # something is wrong: the step-by-step checks name it
+            links, new_head = check_batch(state, expected, head, batch, max_events)
+            records, observations, rotations = parse_records(
+                state, links, expected, observe=observe
+            )
+            leaves = record_leaves(links[0].seq, [link.hash for link in links])
+        else:
+            records, observations, rotations, leaves, new_head = parsed
         checkpoint = bytes(batch.checkpoint)
-        learnt = check_checkpoint(state, checkpoint, links, new_head, rotations, expected)
-        leaves = record_leaves(links[0].seq, [link.hash for link in links])
+        first, last = records[0].seq, records[-1].seq
+        learnt = check_checkpoint(state, checkpoint, last, new_head, rotations, expected)
         prepared = Prepared(
-            batch.batch_id,
-            links[0].seq,
-            records,
-            observations,
-            checkpoint,
-            new_head,
-            leaves,
-            learnt,
+            batch.batch_id, first, records, observations, checkpoint, new_head, leaves, learnt
         )
-        state.verified_next, state.verified_head = links[-1].seq + 1, new_head
+        state.verified_next, state.verified_head = last + 1, new_head
         return prepared
 
     def commit(self, state: StreamState, p: Prepared) -> pb.Ack:
