@@ -43,6 +43,7 @@ from server.push import PushingChannel
 from server.query import QueryService
 from server.store import open_store
 from server.store.base import AgentRow, Store, StoreError
+from server.store.sqlite import SqliteStore
 from server.tls import server_credentials
 
 if TYPE_CHECKING:
@@ -267,6 +268,8 @@ async def start(options: ServerOptions, db: ThreadPoolExecutor) -> Running:
     def _open() -> Store:
         store = open_store(url)
         store.migrate()
+        if isinstance(store, SqliteStore):  # ingest's commits then never copy the whole WAL
+            store.checkpoint_in_background()
         return store
 
     store = await loop.run_in_executor(db, _open)

@@ -24,7 +24,7 @@ from protos.errors import CustodesError
 from protos.evidence.merkle import MerkleTree, record_leaves
 from protos.evidence.note import Checkpoint, NoteSigner
 from protos.evidence.origins import SERVER_PREFIX, server_log_origin
-from server.store.base import Store, StoredRecord
+from server.store.base import Store, StoredRecord, first_out_of_place
 
 log = structlog.get_logger("custodes.server.log")
 
@@ -101,13 +101,16 @@ class ServerLog:
         """
         with self._lock:
             tree = self._log(agent_id).tree
-            for i, rec in enumerate(records):
-                if rec.agent_id != agent_id or rec.seq != records[0].seq + i:
-                    raise LogError(
-                        f"record {i} is agent {rec.agent_id!r} seq {rec.seq}; expected agent "
-                        f"{agent_id!r} seq {records[0].seq + i} (contiguous)"
-                    )
-            if not records or records[-1].seq < tree.size:
+            if not records:
+                return tree.size
+            i = first_out_of_place(records, agent_id, records[0].seq)
+            if i >= 0:
+                rec = records[i]
+                raise LogError(
+                    f"record {i} is agent {rec.agent_id!r} seq {rec.seq}; expected agent "
+                    f"{agent_id!r} seq {records[0].seq + i} (contiguous)"
+                )
+            if records[-1].seq < tree.size:
                 return tree.size
             if records[0].seq > tree.size:
                 tree.extend(self._store.leaf_hashes(agent_id, tree.size))

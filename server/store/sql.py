@@ -27,6 +27,7 @@ from server.store.base import (
     StoredRecord,
     StoreError,
     TokenRow,
+    first_out_of_place,
 )
 
 log = structlog.get_logger("custodes.server.store")
@@ -337,13 +338,14 @@ class SqlStore(abc.ABC):
         new_keys: Sequence[AgentKeyRow] = (),
         leaves: Sequence[bytes] | None = None,
     ) -> int:
-        for i, rec in enumerate(records):
-            if rec.agent_id != agent_id or rec.seq != expected_next_seq + i:
-                raise StoreError(
-                    f"batch record {i} is agent {rec.agent_id!r} seq {rec.seq}; expected agent"
-                    f" {agent_id!r} seq {expected_next_seq + i} (contiguous from the expected"
-                    " next seq)"
-                )
+        i = first_out_of_place(records, agent_id, expected_next_seq)
+        if i >= 0:
+            rec = records[i]
+            raise StoreError(
+                f"batch record {i} is agent {rec.agent_id!r} seq {rec.seq}; expected agent"
+                f" {agent_id!r} seq {expected_next_seq + i} (contiguous from the expected"
+                " next seq)"
+            )
         size = expected_next_seq + len(records)
         with self._transaction(write=True) as cur:
             # The conditional update is the optimistic lock: of two servers racing with the

@@ -21,18 +21,26 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
+import structlog
+
 from server.store import migrations
 from server.store.base import StoredRecord
 from server.store.sql import EVENT_COLUMNS, Cursor, SqlStore, mapped_errors
 
+log = structlog.get_logger("custodes.server.store")
+
 Synchronous = Literal["NORMAL", "FULL"]
 BUSY_TIMEOUT_S = 30.0
 WAL_CHECKPOINT_PAGES = 16384  # pages of the default 4 KiB
+CHECKPOINT_EVERY_S = 0.25  # see SqliteStore.checkpoint_in_background
+CHECKPOINT_STOP_S = 10.0
 
 ROWS_PER_INSERT = 4096  # at most; fewer where SQLite allows fewer bound parameters
+ROW_GRAIN = 64  # a batch's last statements insert a multiple of this, then fewer rows
+STATEMENT_CACHE = 256  # the connection's prepared statements: the ~100 INSERTs and the rest
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=128)
 def _insert_rows(n: int) -> str:
     """INSERT of `n` event rows in one statement (fixed column names, only placeholders)."""
     row = f"({', '.join('?' * len(EVENT_COLUMNS))})"
@@ -51,11 +59,16 @@ class SqliteStore(SqlStore):
     def __init__(self, path: Path, *, synchronous: Synchronous = "NORMAL") -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._checkpointer: tuple[threading.Thread, threading.Event] | None = None
         with mapped_errors((), (sqlite3.Error, OSError), f"cannot open SQLite store {path}"):
             path.parent.mkdir(parents=True, exist_ok=True)
             _create_private(path)
             self._conn = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+                path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=BUSY_TIMEOUT_S,
+                cached_statements=STATEMENT_CACHE,
             )
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(f"PRAGMA synchronous={synchronous}")
@@ -69,7 +82,39 @@ class SqliteStore(SqlStore):
             limit = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
             self._rows_per_insert = max(1, min(ROWS_PER_INSERT, limit // len(EVENT_COLUMNS)))
 
+    def checkpoint_in_background(self, every_s: float = CHECKPOINT_EVERY_S) -> None:
+        """Copy committed WAL pages into the database file from a thread of its own.
+
+        Otherwise the writer does it: the commit that takes the WAL past
+        WAL_CHECKPOINT_PAGES copies all of it, and the writer (the server's database thread,
+        which ingest waits on) stalls for that long. A PASSIVE checkpoint every `every_s`
+        seconds on a second connection copies the pages while the writer goes on (it never
+        blocks a reader or a writer); the writer's own checkpoint, still due at the same
+        size, then finds nearly everything copied and only restarts the WAL. For a
+        long-running server; a short-lived command needs none. Stopped by `close`.
+        """
+        if self._checkpointer is not None:
+            return
+        with mapped_errors((), (sqlite3.Error,), f"cannot open SQLite store {self.path}"):
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=every_s
+            )
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=_checkpoint_until,
+            args=(conn, stop, every_s, self.path),
+            name="custodes-wal-checkpoint",
+            daemon=True,
+        )
+        thread.start()
+        self._checkpointer = (thread, stop)
+
     def close(self) -> None:
+        if self._checkpointer is not None:
+            thread, stop = self._checkpointer
+            stop.set()
+            thread.join(CHECKPOINT_STOP_S)
+            self._checkpointer = None
         with self._lock:
             self._conn.close()
 
@@ -99,12 +144,17 @@ class SqliteStore(SqlStore):
         for the GIL to come back, and inserts fell to a few thousand a second. One statement
         per chunk binds in C and steps once: 135k rows/s alone (executemany 75k), 37-60k
         with a busy thread beside it (executemany 1.7k).
+
+        Each statement still lets go of the GIL once, and getting it back from the verifying
+        thread can take its whole switch interval (5 ms): so a batch takes few statements
+        (full chunks, one of a multiple of ROW_GRAIN rows, one of the rest: at most three
+        for an ingest batch, where powers of two took up to eight), and few distinct ones
+        (under a hundred), so each is prepared once and stays in the connection's cache.
         """
         per, at, end = self._rows_per_insert, 0, len(records)
         while at < end:
-            # Full chunks, then powers of two: a handful of distinct statements in all, so
-            # the connection's statement cache never holds one per batch size.
-            n = per if end - at >= per else 1 << ((end - at).bit_length() - 1)
+            left = end - at
+            n = per if left >= per else (left // ROW_GRAIN * ROW_GRAIN or left)
             cur.execute(_insert_rows(n), _parameters(records[at : at + n], leaves[at : at + n]))
             at += n
 
@@ -134,6 +184,20 @@ def _parameters(records: Sequence[StoredRecord], leaves: Sequence[bytes]) -> lis
         extend((r[0], r[1], blob(r[2]), blob(r[3]), blob(leaf)))
         extend(r[4:])
     return out
+
+
+def _checkpoint_until(
+    conn: sqlite3.Connection, stop: threading.Event, every_s: float, path: Path
+) -> None:
+    """Checkpoint the WAL (PASSIVE) every `every_s` seconds until `stop` is set."""
+    try:
+        while not stop.wait(every_s):
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:  # busy or I/O: the writer's checkpoint remains
+                log.warning("wal_checkpoint_failed", path=str(path), error=str(exc))
+    finally:
+        conn.close()
 
 
 def _create_private(path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -17,6 +18,7 @@ from server.store import (
     StoreError,
     open_store,
 )
+from server.store.base import first_out_of_place
 from server.store.sqlite import SqliteStore
 from tests.server.conftest import ZERO_HASH, agent_row, append, records
 
@@ -388,7 +390,7 @@ def test_unreachable_postgres_is_a_store_error() -> None:
     assert "secret" not in str(caught.value)
 
 
-@pytest.mark.parametrize("rows_per_insert", [1, 5, 4096])
+@pytest.mark.parametrize("rows_per_insert", [1, 5, 100, 4096])
 def test_sqlite_batches_of_any_size_store_every_row_once(
     tmp_path: Path, rows_per_insert: int
 ) -> None:
@@ -397,7 +399,8 @@ def test_sqlite_batches_of_any_size_store_every_row_once(
     store._rows_per_insert = rows_per_insert
     store.add_agent(agent_row())
     sent: list[StoredRecord] = []
-    for size in (1, 2, 7, 23, 4, 16):  # full chunks and every power-of-two remainder
+    # Full chunks, a multiple of ROW_GRAIN rows, and the rest, in every combination.
+    for size in (1, 2, 7, 23, 4, 16, 64, 130, 200, 263):
         batch = records("clinic-01", len(sent), size)
         append(store, batch)
         sent += batch
@@ -406,3 +409,42 @@ def test_sqlite_batches_of_any_size_store_every_row_once(
         assert store.count_events() == len(sent)
     finally:
         store.close()
+
+
+def test_background_checkpoint_copies_the_wal_and_stops_at_close(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    store.migrate()
+    store.add_agent(agent_row())
+    before = path.stat().st_size
+    store.checkpoint_in_background(every_s=0.01)
+    try:
+        append(store, records("clinic-01", 0, 200))  # far below the writer's own checkpoint
+        deadline = time.monotonic() + 10
+        while path.stat().st_size == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert path.stat().st_size > before
+    finally:
+        store.close()
+    assert not [t for t in threading.enumerate() if t.name == "custodes-wal-checkpoint"]
+
+
+@pytest.mark.parametrize(
+    ("agents", "seqs", "expected"),
+    [
+        (["a"] * 3, [5, 6, 7], -1),
+        ([], [], -1),
+        (["a", "b", "a"], [5, 6, 7], 1),
+        (["a"] * 3, [5, 7, 8], 1),
+        (["a"] * 3, [4, 5, 6], 0),
+        (["a"] * 3, [5, 6, 6], 2),
+    ],
+)
+def test_first_out_of_place_names_the_first_foreign_or_misplaced_record(
+    agents: list[str], seqs: list[int], expected: int
+) -> None:
+    batch = [
+        r._replace(agent_id=a, seq=s)
+        for r, a, s in zip(records("a", 0, len(seqs)), agents, seqs, strict=True)
+    ]
+    assert first_out_of_place(batch, "a", 5) == expected
