@@ -9,16 +9,21 @@ shipper), once enrolled with a real server on a free loopback port (`custodes se
 Each run waits until the daemon logs `agent_started` (every mark placed, journal open: what
 READY=1 follows) and, enrolled, `ship_resumed` (the shipper's stream is up and the server
 answered its Hello); checks in its fanotify fdinfo that every directory is marked; then
-samples VmRSS and CPU time over an idle window. VmRSS is split into anonymous (private:
-heap, stacks, Python objects) and file-backed pages (mostly shared libraries' code: shared
-with other processes and reclaimable). The fdinfo is read once, not polled: printing 100k
-marks holds the group's mark lock, and polling it slowed the marking it measured (and the
-sum over both groups reached N when half were marked). Figures are medians over the rounds.
+samples VmRSS and CPU time over an idle window. Enrolled, the daemon ships from a child
+process (agent/ship_link.py: it never loads grpc), so the daemon, its shipper child (found
+by the `shipper_started` line's pid) and their sum are reported, for RSS and idle CPU alike.
+VmRSS is split into anonymous (private: heap, stacks, Python objects) and file-backed pages
+(mostly shared libraries' code: shared with other processes and reclaimable; a sum of RSS
+counts pages both map twice, the sum of PSS (smaps_rollup) once). The fdinfo is read once,
+not polled: printing 100k marks holds the group's mark lock, and polling it slowed the
+marking it measured (and the sum over both groups reached N when half were marked).
+Figures are medians over the rounds.
 Breakdown in the same run, fresh `python -c` interpreters: bare; after what the daemon
-imports (protos.cli, agent.cli, agent.daemon, agent.gate) and nothing else; that plus
-`import grpc`; that plus the rest of what an enrolled daemon imports (the shipper, server
-grants, the gRPC stubs); a bare one after `import grpc`. What the enrolled daemon holds
-beyond those imports is the running shipper (channel, TLS, gRPC's and asyncio's threads).
+imports (protos.cli, agent.cli, agent.daemon, agent.gate) and nothing else; that plus what
+an enrolled daemon adds (the child's link, server grants); the child after its imports
+(agent.shipper_proc: grpc, the shipper, the stubs); a bare one after `import grpc`. What the
+child holds beyond its imports is the running shipper (channel, TLS, gRPC's and asyncio's
+threads).
 The load average is printed at the start and the end (other work shares the CPUs).
 
     sudo .venv/bin/python -m bench.agent_idle [--dirs 100000] [--idle 10] [--rounds 3]
@@ -27,6 +32,7 @@ The load average is printed at the start and the end (other work shares the CPUs
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -90,9 +96,13 @@ from protos import cli
 cli.build_parser(argv=["agent", "run"])
 import agent.daemon, agent.gate, agent.marks, agent.fanotify
 """
-# What _start_shipping adds when the state directory holds credentials.
-SHIPPER_IMPORTS = """\
-import agent.enroll, agent.delivery, agent.ship
+# What _start_shipping adds to the daemon when the state directory holds credentials.
+SHIPPING_IMPORTS = """\
+import agent.enroll, agent.delivery, agent.ship_link, agent.ship_ipc
+"""
+# What the shipper child imports (python -m agent.shipper_proc).
+CHILD_IMPORTS = """\
+import agent.shipper_proc
 from protos.wire import rpc
 """
 PRINT_RSS = """\
@@ -138,10 +148,28 @@ def status_kib(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size in KiB: shared pages divided among the processes mapping them
+    (so the daemon's and the child's can be added without counting shared libraries twice)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def shipper_pid(log: Path) -> int | None:
+    """The pid of the latest shipper child the daemon logged starting (None: not yet)."""
+    pid = None
+    for line in log.read_bytes().splitlines():
+        if b'"shipper_started"' in line:
+            pid = json.loads(line)["pid"]
+    return pid
 
 
 def load_average() -> str:
@@ -155,7 +183,8 @@ class Rest:
 
     `anon` is the private memory (heap, stacks, Python objects); `file` the pages of
     mapped files, mostly shared libraries' code: clean, shared with any other process
-    mapping the same file, and reclaimable under memory pressure.
+    mapping the same file, and reclaimable under memory pressure. `child_*`: the shipper
+    child's (0 when not enrolled).
     """
 
     marks: int
@@ -166,6 +195,27 @@ class Rest:
     anon: int
     file: int
     cpu: float
+    child_rss: int = 0
+    child_anon: int = 0
+    child_file: int = 0
+    child_cpu: float = 0.0
+    pss: int = 0
+    child_pss: int = 0
+
+    @property
+    def total_rss(self) -> int:
+        """Daemon and shipper child together (KiB)."""
+        return self.rss + self.child_rss
+
+    @property
+    def total_pss(self) -> int:
+        """Daemon and shipper child together, shared pages counted once (KiB)."""
+        return self.pss + self.child_pss
+
+    @property
+    def total_cpu(self) -> float:
+        """Daemon and shipper child together (%)."""
+        return self.cpu + self.child_cpu
 
 
 class BenchError(Exception):
@@ -255,13 +305,36 @@ def at_rest(config: Path, want: int, idle: float, *, shipping: bool) -> Rest:
             raise BenchError(f"only {marked} of {want} marks")
         started_rss = status_kib(proc.pid)
         time.sleep(2.0)
-        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        child = shipper_pid(log) if shipping else None
+        if shipping and child is None:
+            raise BenchError(f"no shipper_started in the daemon's log: {tail}")
+        pids = [proc.pid] + ([child] if child is not None else [])
+        cpu0, t0 = [cpu_seconds(p) for p in pids], time.monotonic()
         time.sleep(idle)
-        cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0) * 100
-        rss, anon, file = (status_kib(proc.pid, f) for f in ("VmRSS", "RssAnon", "RssFile"))
-        if proc.poll() is not None:
-            raise BenchError(f"the daemon exited while idle: {tail}")
-        return Rest(marked, to_started, to_shipping, started_rss, rss, anon, file, cpu)
+        cpu1, elapsed = [cpu_seconds(p) for p in pids], time.monotonic() - t0
+        cpus = [(b - a) / elapsed * 100 for a, b in zip(cpu0, cpu1, strict=True)]
+        mem = [[status_kib(p, f) for f in ("VmRSS", "RssAnon", "RssFile")] for p in pids]
+        pss = [pss_kib(p) for p in pids]
+        if proc.poll() is not None or (child is not None and shipper_pid(log) != child):
+            raise BenchError(f"the daemon or its shipper exited while idle: {tail}")
+        rss, anon, file = mem[0]
+        c_rss, c_anon, c_file = mem[1] if child is not None else [0, 0, 0]
+        return Rest(
+            marked,
+            to_started,
+            to_shipping,
+            started_rss,
+            rss,
+            anon,
+            file,
+            cpus[0],
+            c_rss,
+            c_anon,
+            c_file,
+            cpus[1] if child is not None else 0.0,
+            pss[0],
+            pss[1] if child is not None else 0,
+        )
     finally:
         stop(proc)
 
@@ -271,9 +344,10 @@ def median(rests: list[Rest], field: str) -> float:
     return statistics.median(float(getattr(r, field)) for r in rests)
 
 
-def split(rests: list[Rest]) -> str:
+def split(rests: list[Rest], prefix: str = "") -> str:
     """Median anonymous / file-backed resident MiB."""
-    return f"{median(rests, 'anon') / 1024:.1f} / {median(rests, 'file') / 1024:.1f} MiB"
+    anon, file = median(rests, prefix + "anon"), median(rests, prefix + "file")
+    return f"{anon / 1024:.1f} / {file / 1024:.1f} MiB"
 
 
 def report(args: argparse.Namespace, load0: str, plain: list[Rest], enrolled: list[Rest]) -> None:
@@ -281,10 +355,11 @@ def report(args: argparse.Namespace, load0: str, plain: list[Rest], enrolled: li
     bare = probe_rss("")
     grpc_only = probe_rss("import grpc\n")
     daemon = probe_rss(DAEMON_IMPORTS)
-    daemon_grpc = probe_rss(DAEMON_IMPORTS + "import grpc\n")
-    shipper = probe_rss(DAEMON_IMPORTS + "import grpc\n" + SHIPPER_IMPORTS)
+    daemon_shipping = probe_rss(DAEMON_IMPORTS + SHIPPING_IMPORTS)
+    child = probe_rss(CHILD_IMPORTS)
     mib = 1024
     p_rss, e_rss = median(plain, "rss"), median(enrolled, "rss")
+    c_rss = median(enrolled, "child_rss")
     diff = e_rss - p_rss
     rows: list[tuple[str, str]] = [
         ("load average at the start", load0),
@@ -309,12 +384,19 @@ def report(args: argparse.Namespace, load0: str, plain: list[Rest], enrolled: li
             f"{(median(enrolled, 'anon') - median(plain, 'anon')) / mib:+.1f} / "
             f"{(median(enrolled, 'file') - median(plain, 'file')) / mib:+.1f} MiB",
         ),
-        ("    import grpc after the daemon imports", f"{(daemon_grpc - daemon) / mib:+.1f} MiB"),
-        ("    the shipper's own imports after grpc", f"{(shipper - daemon_grpc) / mib:+.1f} MiB"),
-        ("    running: channel, TLS, threads, loop", f"{(diff - shipper + daemon) / mib:+.1f} MiB"),
-        ("  import grpc in a bare interpreter", f"{(grpc_only - bare) / mib:+.1f} MiB"),
+        ("    the shipping imports (link, grants)", f"{(daemon_shipping - daemon) / mib:+.1f} MiB"),
         ("  daemon RSS at agent_started", f"{median(enrolled, 'started_rss') / mib:.1f} MiB"),
+        ("shipper child RSS, idle", f"{c_rss / mib:.1f} MiB"),
+        ("  anonymous / file-backed", split(enrolled, "child_")),
+        ("  interpreter after the child's imports", f"{child / mib:.1f} MiB"),
+        ("  running: channel, TLS, threads, loop", f"{(c_rss - child) / mib:+.1f} MiB"),
+        ("  import grpc in a bare interpreter", f"{(grpc_only - bare) / mib:+.1f} MiB"),
+        ("daemon + child RSS, idle", f"{median(enrolled, 'total_rss') / mib:.1f} MiB"),
+        ("daemon + child PSS, idle", f"{median(enrolled, 'total_pss') / mib:.1f} MiB"),
+        ("  not enrolled daemon PSS", f"{median(plain, 'pss') / mib:.1f} MiB"),
         (f"daemon idle CPU over {args.idle:g} s", f"{median(enrolled, 'cpu'):.2f} %"),
+        (f"shipper child idle CPU over {args.idle:g} s", f"{median(enrolled, 'child_cpu'):.2f} %"),
+        ("daemon + child idle CPU", f"{median(enrolled, 'total_cpu'):.2f} %"),
         ("load average at the end", load_average()),
     ]
     print(f"{'what':46} {'value':>16}")

@@ -23,6 +23,8 @@ import pytest
 from agent.config import load_config
 from agent.events import Origin
 from agent.journal import Journal
+from protos.wire import pb
+from server.store import open_store
 from tests.e2e.jit_world import CLIENT, agreement_text
 from tests.e2e.test_shipping import expected_leaves, fill, server_hashes
 from tests.server.test_ingest_harness import CUSTODES, ServerProc, enrol_agent, running_server
@@ -197,14 +199,35 @@ def test_the_shipper_child_ends_by_itself_when_the_daemon_is_killed(
     until(lambda: not alive(child), "the orphaned shipper to exit", timeout=CHILD_EXIT_BOUND_S)
 
 
+def stored_heartbeat(server: ServerProc, agent_id: str) -> pb.Heartbeat | None:
+    store = open_store(f"sqlite:///{server.data / 'custodes.db'}")
+    try:
+        row = store.get_agent(agent_id)
+    finally:
+        store.close()
+    if row is None or row.last_heartbeat is None:
+        return None
+    return pb.Heartbeat.FromString(row.last_heartbeat)
+
+
 def test_the_enrolled_daemon_never_loads_grpc_and_its_child_does(
-    config: Path, daemons: list[Daemon]
+    server: ServerProc, config: Path, daemons: list[Daemon]
 ) -> None:
     d = start(config, daemons)
     child = child_pid(d)
     d.wait_for("ship_resumed")
     assert maps_grpc(child)
     assert not maps_grpc(d.proc.pid)
+    # The daemon's heartbeat reaches the server through the child.
+    until(
+        lambda: (
+            (b := stored_heartbeat(server, "host-child")) is not None
+            and b.mode == pb.GATE_MODE_MONITOR
+            and b.agreement_version == "v1"
+            and b.rss_bytes > 0
+        ),
+        "the daemon's heartbeat on the server",
+    )
     d.stop()
     stopped = d.wait_for("shipper_stopped")
     assert stopped["pid"] == child
