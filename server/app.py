@@ -21,7 +21,7 @@ import gc
 import signal
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -116,6 +116,13 @@ class Runtime:
         """Run a store call on the database thread."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._db, lambda: fn(*args))
+
+    def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
+        """Queue a store call on the database thread from any thread, without the event loop.
+
+        Calls run in the order they were queued (one thread), after those queued before.
+        """
+        return self._db.submit(fn, *args)
 
 
 class EnrollmentService(rpc.EnrollmentServicer):
