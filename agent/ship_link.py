@@ -202,8 +202,8 @@ class ShipperLink:
                     return
                 try:
                     child: _Child | None = self._spawn()
-                except OSError as exc:
-                    log.exception("shipper_start_failed", error=str(exc))
+                except Exception:  # not the interpreter, no fds, a bug: retry later
+                    log.exception("shipper_start_failed")
                     child = None
                 self._child = child
             if child is not None:
