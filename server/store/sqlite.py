@@ -36,11 +36,9 @@ CHECKPOINT_EVERY_S = 0.25  # see SqliteStore.checkpoint_in_background
 CHECKPOINT_STOP_S = 10.0
 
 ROWS_PER_INSERT = 4096  # at most; fewer where SQLite allows fewer bound parameters
-ROW_GRAIN = 64  # a batch's last statements insert a multiple of this, then fewer rows
-STATEMENT_CACHE = 256  # the connection's prepared statements: the ~100 INSERTs and the rest
 
 
-@functools.lru_cache(maxsize=128)
+@functools.lru_cache(maxsize=16)
 def _insert_rows(n: int) -> str:
     """INSERT of `n` event rows in one statement (fixed column names, only placeholders)."""
     row = f"({', '.join('?' * len(EVENT_COLUMNS))})"
@@ -64,11 +62,7 @@ class SqliteStore(SqlStore):
             path.parent.mkdir(parents=True, exist_ok=True)
             _create_private(path)
             self._conn = sqlite3.connect(
-                path,
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=BUSY_TIMEOUT_S,
-                cached_statements=STATEMENT_CACHE,
+                path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
             )
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(f"PRAGMA synchronous={synchronous}")
@@ -144,17 +138,12 @@ class SqliteStore(SqlStore):
         for the GIL to come back, and inserts fell to a few thousand a second. One statement
         per chunk binds in C and steps once: 135k rows/s alone (executemany 75k), 37-60k
         with a busy thread beside it (executemany 1.7k).
-
-        Each statement still lets go of the GIL once, and getting it back from the verifying
-        thread can take its whole switch interval (5 ms): so a batch takes few statements
-        (full chunks, one of a multiple of ROW_GRAIN rows, one of the rest: at most three
-        for an ingest batch, where powers of two took up to eight), and few distinct ones
-        (under a hundred), so each is prepared once and stays in the connection's cache.
         """
         per, at, end = self._rows_per_insert, 0, len(records)
         while at < end:
-            left = end - at
-            n = per if left >= per else (left // ROW_GRAIN * ROW_GRAIN or left)
+            # Full chunks, then powers of two: a handful of distinct statements in all, so
+            # the connection's statement cache never holds one per batch size.
+            n = per if end - at >= per else 1 << ((end - at).bit_length() - 1)
             cur.execute(_insert_rows(n), _parameters(records[at : at + n], leaves[at : at + n]))
             at += n
 
