@@ -11,7 +11,9 @@ Prints a table:
   * server RSS after the runs, and its CPU per event in the throughput runs; the agent's
     CPU per event there too (this process: the shipper reading the journal, building
     batches and verifying the server's checkpoints; the journal is filled before timing);
-  * the machine's load average at the start and the end (other work shares the CPUs).
+  * the machine's load average at the start and the end, and how many of its CPUs were busy
+    (all processes) while the throughput runs shipped: other work shares the CPUs, and a
+    server that is not using a whole CPU is waiting on something other than the CPU.
 
 Run: .venv/bin/python bench/ingest_bench.py [--events 200000] [--runs 3] [--seconds 10]
      [--replay 1000000] [--no-postgres] [--quick]   (--quick: a couple of minutes)
@@ -78,17 +80,26 @@ def open_journal(cfg, boot: str) -> Journal:  # type: ignore[no-untyped-def]
     )
 
 
-def throughput_run(server: ServerProc, base: Path, n: int, run: int) -> tuple[float, float]:
-    """events/s and the agent's CPU seconds per event of one full-journal shipment."""
-    rate, _, agent_cpu = ship_all(server, base, n, f"bench-{run}")
-    return rate, agent_cpu
+def throughput_run(server: ServerProc, base: Path, n: int, run: int) -> tuple[float, float, float]:
+    """events/s, the agent's CPU seconds per event and the machine's busy CPUs of one run."""
+    rate, _, agent_cpu, busy = ship_all(server, base, n, f"bench-{run}")
+    return rate, agent_cpu, busy
 
 
-def ship_all(server: ServerProc, base: Path, n: int, name: str) -> tuple[float, list[bytes], float]:
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (every process, user and kernel)."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
+
+
+def ship_all(
+    server: ServerProc, base: Path, n: int, name: str
+) -> tuple[float, list[bytes], float, float]:
     """Fill a journal with n events (the server is not shipped to), then ship all of it.
 
-    Returns events/s from the first connection to the last ack, the journal's hashes, and
-    this process's CPU seconds per event while shipping (the agent's side of the stream).
+    Returns events/s from the first connection to the last ack, the journal's hashes, this
+    process's CPU seconds per event while shipping (the agent's side of the stream), and
+    how many CPUs the machine kept busy meanwhile (all processes).
     """
     agent = enrol_agent(server, base / f"agent-{name}", name, "clinic-bench")
     journal = open_journal(agent.cfg, "fill")
@@ -116,6 +127,7 @@ def ship_all(server: ServerProc, base: Path, n: int, name: str) -> tuple[float, 
     stop = threading.Event()
     start = time.perf_counter()
     cpu_start = time.process_time()
+    busy_start = busy_cpu_seconds()
     thread = shipper.run_in_thread(stop)
     deadline = time.monotonic() + 1200
     total = len(hashes)
@@ -123,12 +135,13 @@ def ship_all(server: ServerProc, base: Path, n: int, name: str) -> tuple[float, 
         time.sleep(0.005)
     elapsed = time.perf_counter() - start
     agent_cpu = time.process_time() - cpu_start
+    busy = (busy_cpu_seconds() - busy_start) / elapsed
     stop.set()
     thread.join(15)
     journal.close()
     if shipper.acked < total:
         raise SystemExit(f"{name}: only {shipper.acked} of {total} acknowledged")
-    return total / elapsed, hashes, agent_cpu / total
+    return total / elapsed, hashes, agent_cpu / total, busy
 
 
 def lost_and_duplicated(server: ServerProc, agent_id: str, hashes: list[bytes]) -> tuple[int, int]:
@@ -284,8 +297,9 @@ def main() -> int:
             server_proc = psutil.Process(server.proc.pid)
             cpu_before = sum(server_proc.cpu_times()[:2])
             runs = [throughput_run(server, base, args.events, r) for r in range(args.runs)]
-            rates = [rate for rate, _ in runs]
-            agent_us = statistics.median(cpu for _, cpu in runs) * 1e6
+            rates = [rate for rate, _, _ in runs]
+            agent_us = statistics.median(cpu for _, cpu, _ in runs) * 1e6
+            busy = statistics.median(b for _, _, b in runs)
             # CPU seconds (user + system) the server spent per event shipped: steadier than
             # events/s on a machine others are loading.
             cpu_us = (sum(server_proc.cpu_times()[:2]) - cpu_before) / (args.events * args.runs)
@@ -293,7 +307,7 @@ def main() -> int:
                 [baseline_store_rate(base, r, args.events) for r in range(args.runs)]
             )
             p50, p99, count = latency_run(server, base, args.rate, args.seconds)
-            replay_rate, hashes, _ = ship_all(server, base, args.replay, "bench-replay")
+            replay_rate, hashes, _, _ = ship_all(server, base, args.replay, "bench-replay")
             lost, dup = lost_and_duplicated(server, "bench-replay", hashes)
             assert server.proc is not None
             rss = psutil.Process(server.proc.pid).memory_info().rss
@@ -307,6 +321,7 @@ def main() -> int:
             ("ratio end-to-end / store baseline", f"{med / baseline:.2f}"),
             ("server CPU per event in those runs, µs", f"{cpu_us * 1e6:.1f}"),
             ("agent (shipper) CPU per event in those runs, µs", f"{agent_us:.1f}"),
+            (f"machine CPUs busy while shipping (of {os.cpu_count()}), median", f"{busy:.2f}"),
             ("goal ≥ 50,000 events/s", "met" if med >= 50_000 else "NOT met"),
             (f"latency p50 at {args.rate}/s ({count} events), ms", f"{p50 * 1000:.1f}"),
             (f"latency p99 at {args.rate}/s, ms", f"{p99 * 1000:.1f}"),
