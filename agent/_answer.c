@@ -383,13 +383,18 @@ static void memo_clear(Answerer *a) {
 /* One batch: read, classify, answer the fast path, keep the slow ones in a->slow.
  * Returns the bytes read (0: the group is gone), or -1 with errno (EAGAIN: nothing). */
 static ssize_t answer_batch(Answerer *a, int timeout_ms, unsigned long long *t0_out) {
-    struct pollfd p = {.fd = a->fd, .events = POLLIN};
-    int r = poll(&p, 1, timeout_ms);
-    if (r <= 0) {
-        if (r == 0) errno = EAGAIN;
-        return -1;
-    }
+    /* Read first, poll only when nothing is queued: an opener answered a moment ago often
+     * has its next event queued already (it ran as soon as it was woken). */
     ssize_t size = read(a->fd, a->buf, READ_BYTES);
+    if (size < 0 && errno == EAGAIN) {
+        struct pollfd p = {.fd = a->fd, .events = POLLIN};
+        int r = poll(&p, 1, timeout_ms);
+        if (r <= 0) {
+            if (r == 0) errno = EAGAIN;
+            return -1;
+        }
+        size = read(a->fd, a->buf, READ_BYTES);
+    }
     unsigned long long t0 = now_ns();
     *t0_out = t0;
     if (size <= 0) return size;
