@@ -98,7 +98,9 @@ class GatePolicy(Protocol):
     or account → principal) are resolved to uids once per `swap_policy`, so the hot path is
     int dict lookups; `area_roots()` names the directories to mark. A policy that also has
     `stable_until` (policies.compile.CompiledAgreement does) lets the gate remember its
-    allows: see `Gate._remember`.
+    allows: see `Gate._remember`. One that also has `decide_at_ns` (the same decision at
+    nanoseconds since the epoch, its datetime built only where the time matters) is asked
+    that way before an answer.
     """
 
     @property
@@ -145,6 +147,17 @@ class GateStats:
     answer_p99_us: float
 
 
+class _DecideAtNs(Protocol):
+    def __call__(
+        self,
+        subject: Subject,
+        path: str,
+        action: Action,
+        now_ns: int,
+        grants: Sequence[Grant] = (),
+    ) -> Decision: ...
+
+
 class _StableUntil(Protocol):
     def __call__(
         self,
@@ -161,11 +174,13 @@ class _PolicyState:
     policy: GatePolicy
     ids: Identities
     stable_until: _StableUntil | None = None
+    decide_at_ns: _DecideAtNs | None = None
 
 
 def _state(policy: GatePolicy) -> _PolicyState:
     until: _StableUntil | None = getattr(policy, "stable_until", None)
-    return _PolicyState(policy, _identities(policy), until)
+    at_ns: _DecideAtNs | None = getattr(policy, "decide_at_ns", None)
+    return _PolicyState(policy, _identities(policy), until, at_ns)
 
 
 FD_LIMIT = 65536  # soft RLIMIT_NOFILE the gate asks for: event fds and /proc handles
@@ -586,9 +601,13 @@ class Gate:
                 subject = self._subject(uid, loginuid)
             state = self._state
             grants = self._grants
-            at = self._at(now)
             try:
-                decision = state.policy.decide(subject, path, action, at, grants)
+                # With decide_at_ns (a CompiledAgreement) the datetime is built only when
+                # the decision depends on the time: seldom, and never for a plain allow.
+                if state.decide_at_ns is not None:
+                    decision = state.decide_at_ns(subject, path, action, now, grants)
+                else:
+                    decision = state.policy.decide(subject, path, action, self._at(now), grants)
             except Exception as e:  # fail closed for a technician
                 log.exception("gate_policy_failed", error=str(e), policy=state.policy.version)
                 decision = Decision(
@@ -609,7 +628,7 @@ class Gate:
             self._hist[_bucket(time.perf_counter_ns() - t0)] += 1
             if access and raw is not None and raw == path and self._recall:
                 self._remember(
-                    state, generation, subject, raw, uid, loginuid, access, at, grants, decision
+                    state, generation, subject, raw, uid, loginuid, access, now, grants, decision
                 )
             self._allowed(efd, pid, uid, loginuid, path, action, decision, st, now)
             return
@@ -667,7 +686,7 @@ class Gate:
         uid: int,
         loginuid: int | None,
         access: int,
-        at: datetime,
+        now: int,
         grants: tuple[Grant, ...],
         decision: Decision,
     ) -> None:
@@ -675,7 +694,7 @@ class Gate:
 
         Only for a path the policy saw as read (under an area root, so the same string
         always names the same decision), with the real clock, after the answer, and from
-        the second time the same open is allowed. The span starts at `at` (a clock stepped
+        the second time the same open is allowed. The span starts at `now` (a clock stepped
         back is not in it) and ends where `stable_until` says the decision may change
         (hours, grants); the generation ends it at the next policy or grants.
         """
@@ -692,6 +711,7 @@ class Gate:
                 seen.clear()
             seen[key] = None
             return
+        at = self._at(now)
         try:
             end = until(subject, path, _ACTIONS[access], at, grants)
         except Exception as e:  # an allow not remembered is only slower

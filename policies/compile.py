@@ -78,6 +78,12 @@ _MICROSECOND = timedelta(microseconds=1)
 _ZERO = timedelta(0)
 
 
+# Directories whose files' area is kept (a walk over a large tree starts afresh when
+# full: a few hundred kB at most, within the agent's memory goal).
+DIR_CACHE_LIMIT = 4096
+_UNKNOWN = AreaMatch("", (), -1)  # not in that cache (None there means no area)
+
+
 def _refs(refs: Sequence[str]) -> frozenset[str] | None:
     return None if "*" in refs else frozenset(refs)
 
@@ -145,6 +151,8 @@ class CompiledAgreement:
         # Decisions that depend only on (rule, who, area, action) are immutable and reused;
         # their number is bounded by the agreement's size, and capped here besides.
         self.decision_cache: dict[tuple[str, ...], Decision] = {}
+        # directory → the area of every file in it, where the names do not matter
+        self._area_by_dir: dict[str, AreaMatch | None] = {}
 
     @property
     def agreement(self) -> Agreement:
@@ -165,7 +173,7 @@ class CompiledAgreement:
         state = {
             k: getattr(self, k)
             for k in vars(self)
-            if k not in ("_agreement", "decision_cache", "_last_hours")
+            if k not in ("_agreement", "decision_cache", "_last_hours", "_area_by_dir")
         }
         for k in _MAPPINGS:
             state[k] = dict(state[k])
@@ -180,6 +188,7 @@ class CompiledAgreement:
         self._agreement = None
         self._last_hours = None
         self.decision_cache = {}
+        self._area_by_dir = {}
 
     @staticmethod
     def _index_scope(agreement: Agreement) -> Mapping[str, tuple[ScopeRule, ...]]:
@@ -207,7 +216,23 @@ class CompiledAgreement:
 
     def area_for_normalised(self, path: str) -> AreaMatch | None:
         """`area_for` for a path already passed through `normalise_path`."""
-        hits = self._trie.match(path[1:].split("/") if len(path) > 1 else [])
+        # Most directories' files all fall in one area whatever their names (the globs
+        # below them end in `**`, or nothing matches there): their answer is kept by
+        # directory, so a walk over new files matches each directory once.
+        cut = path.rfind("/")
+        by_dir = self._area_by_dir
+        found = by_dir.get(path[:cut], _UNKNOWN) if cut > 0 else _UNKNOWN
+        if found is not _UNKNOWN:
+            return found
+        hits, same_in_dir = self._trie.match_in_dir(path[1:].split("/") if len(path) > 1 else [])
+        match = self._resolve(hits)
+        if same_in_dir and cut > 0:
+            if len(by_dir) >= DIR_CACHE_LIMIT:
+                by_dir.clear()
+            by_dir[path[:cut]] = match
+        return match
+
+    def _resolve(self, hits: list[_Hit]) -> AreaMatch | None:
         if not hits:
             return None
         if len(hits) == 1:
@@ -339,6 +364,18 @@ class CompiledAgreement:
     ) -> Decision:
         """Allow or deny `subject` doing `action` on `path` at `at`; see `policies.decide`."""
         return _decide(self, subject, path, action, at, grants)
+
+    def decide_at_ns(
+        self,
+        subject: Subject,
+        path: str,
+        action: Action,
+        now_ns: int,
+        grants: Sequence[Grant] = (),
+    ) -> Decision:
+        """`decide` at `now_ns` (nanoseconds since the epoch), whose datetime is built only
+        where the decision depends on the time: the gate asks before it answers."""
+        return _decide(self, subject, path, action, now_ns, grants)
 
     def stable_until(
         self,

@@ -111,3 +111,51 @@ class PathTrie(Generic[T]):
             if not stack:
                 return out
             node, i = stack.pop()
+
+    def match_in_dir(self, segments: list[str]) -> tuple[list[T], bool]:
+        """`match`, and whether every name in the same directory gets the same payloads.
+
+        The last segment (the file's name) matters only where a node reached with it still
+        to be consumed has literal or wildcard children; otherwise (no children there, or
+        only a trailing `**`) any other name in that directory matches alike.
+        """
+        out: list[T] = []
+        n = len(segments)
+        last = n - 1
+        by_dir = n > 0
+        stack: list[tuple[_Node[T], int]] = []
+        seen: set[tuple[int, int]] | None = None
+        node = self._root
+        i = 0
+        while True:
+            if i == last and (node.literal or node.wild):
+                by_dir = False
+            ds = node.dstar
+            if ds is not None:
+                if ds.leaf:
+                    out.extend(ds.terminal)
+                else:
+                    if seen is None:
+                        seen = set()
+                    key = id(ds)
+                    for j in range(i, n + 1):
+                        if (key, j) not in seen:
+                            seen.add((key, j))
+                            stack.append((ds, j))
+            if i == n:
+                if node.terminal:
+                    out.extend(node.terminal)
+            else:
+                seg = segments[i]
+                if node.wild:
+                    for fullmatch, wchild in node.wild:
+                        if fullmatch(seg) is not None:
+                            stack.append((wchild, i + 1))
+                child = node.literal.get(seg)
+                if child is not None:
+                    node = child
+                    i += 1
+                    continue
+            if not stack:
+                return out, by_dir
+            node, i = stack.pop()

@@ -10,13 +10,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from policies.compile import CompiledAgreement, compile_agreement
-from policies.decide import decide, normalise_path
+from policies.decide import aware, decide, normalise_path
 from policies.globs import literal_root, parse_glob
 from policies.load import parse_agreement
 from policies.model import Action, Grant, Subject, SubjectKind, Verdict
 from tests.policies.conftest import VALID
 
 SYD = ZoneInfo("Australia/Sydney")
+EPOCH = datetime.fromtimestamp(0, tz=UTC)
 MON = datetime(2025, 6, 2, 10, 0, tzinfo=SYD)  # Monday, in hours
 SUN = datetime(2025, 6, 1, 10, 0, tzinfo=SYD)
 XMAS = datetime(2025, 12, 25, 10, 0, tzinfo=SYD)  # a Thursday, listed as a holiday
@@ -169,6 +170,31 @@ def test_decision_table(
     ), decision.reason
     assert decision == decide(compiled, subject, path, action, at, grants)
     assert decision.reason
+    # the gate's form: nanoseconds since the epoch, the same instant to the µs
+    now_ns = (at - EPOCH) // timedelta(microseconds=1) * 1000
+    assert compiled.decide_at_ns(subject, path, action, now_ns, grants) == decision
+
+
+def test_aware_is_the_instant_to_the_microsecond() -> None:
+    at = datetime(2025, 6, 2, 10, 0, 0, 123456, tzinfo=SYD)
+    now_ns = (at - EPOCH) // timedelta(microseconds=1) * 1000 + 999
+    assert aware(now_ns) == at
+    assert aware(now_ns).tzinfo is UTC
+
+
+def test_area_by_directory_keeps_names_that_matter_apart() -> None:
+    # /srv/bp/letters/*.pdf: the name decides; docs/** below: it does not
+    for order in (("a.txt", "a.pdf"), ("a.pdf", "a.txt")):
+        fresh = compile_agreement(parse_agreement(VALID, filename="agreement.yaml"))
+        got = {n: fresh.area_for(f"/srv/bp/letters/{n}") for n in order}
+        assert got["a.txt"] is None
+        assert got["a.pdf"] is not None
+        assert got["a.pdf"].area == "patient-docs"
+    fresh = compile_agreement(parse_agreement(VALID, filename="agreement.yaml"))
+    first = fresh.area_for("/srv/bp/docs/a/one.pdf")
+    assert first is not None
+    assert fresh.area_for("/srv/bp/docs/a/two.pdf") == first
+    assert fresh.area_for("/srv/bp/docs/templates") is None  # excluded, same directory
 
 
 def test_reason_says_who_what_and_why(compiled: CompiledAgreement) -> None:

@@ -84,6 +84,29 @@ def test_trie_agrees_with_reference(patterns: list[str], candidates: list[str]) 
         assert set(trie.match(segs)) == expected, (patterns, path)
 
 
+OTHER_NAMES = ("a", "b", ".", "ab", "b.a", ".b", "aa.b", "zz")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(globs(), min_size=1, max_size=12), st.lists(paths, min_size=1, max_size=12))
+def test_match_in_dir_says_truly_when_the_name_does_not_matter(
+    patterns: list[str], candidates: list[str]
+) -> None:
+    trie: PathTrie[int] = PathTrie()
+    for index, glob in enumerate(patterns):
+        trie.add(parse_glob(glob), index)
+    for path in candidates:
+        segs = path[1:].split("/") if path != "/" else []
+        hits, same_in_dir = trie.match_in_dir(segs)
+        expected = {i for i, g in enumerate(patterns) if ref_match(g, path)}
+        assert set(hits) == expected, (patterns, path)
+        if same_in_dir:
+            parent = "/".join(["", *segs[:-1]])
+            for name in OTHER_NAMES:
+                other = {i for i, g in enumerate(patterns) if ref_match(g, f"{parent}/{name}")}
+                assert other == expected, (patterns, path, name)
+
+
 def test_nested_dstars_on_a_deep_path_stay_bounded() -> None:
     glob = "/a/**/a/**/a/**/a/**/b"
     trie: PathTrie[int] = PathTrie()
