@@ -82,6 +82,8 @@ _ZERO = timedelta(0)
 # full: a few hundred kB at most, within the agent's memory goal).
 DIR_CACHE_LIMIT = 4096
 _UNKNOWN = AreaMatch("", (), -1)  # not in that cache (None there means no area)
+CLASSIFIED_LIMIT = 1024  # Subject objects whose kind is kept
+_NOT_PICKLED = ("_agreement", "decision_cache", "_last_hours", "_area_by_dir", "_classified")
 
 
 def _refs(refs: Sequence[str]) -> frozenset[str] | None:
@@ -153,6 +155,7 @@ class CompiledAgreement:
         self.decision_cache: dict[tuple[str, ...], Decision] = {}
         # directory → the area of every file in it, where the names do not matter
         self._area_by_dir: dict[str, AreaMatch | None] = {}
+        self._classified: dict[int, tuple[Subject, tuple[SubjectKind, str | None]]] = {}
 
     @property
     def agreement(self) -> Agreement:
@@ -170,11 +173,7 @@ class CompiledAgreement:
 
     def __getstate__(self) -> dict[str, Any]:
         """Everything but the pydantic model (and the caches): plain data only."""
-        state = {
-            k: getattr(self, k)
-            for k in vars(self)
-            if k not in ("_agreement", "decision_cache", "_last_hours", "_area_by_dir")
-        }
+        state = {k: getattr(self, k) for k in vars(self) if k not in _NOT_PICKLED}
         for k in _MAPPINGS:
             state[k] = dict(state[k])
         state["timezone"] = self.timezone.key  # by name: no pickled callable
@@ -189,6 +188,7 @@ class CompiledAgreement:
         self._last_hours = None
         self.decision_cache = {}
         self._area_by_dir = {}
+        self._classified = {}
 
     @staticmethod
     def _index_scope(agreement: Agreement) -> Mapping[str, tuple[ScopeRule, ...]]:
@@ -253,6 +253,18 @@ class CompiledAgreement:
 
     def classify(self, subject: Subject) -> tuple[SubjectKind, str | None]:
         """Technician (by login account first, then account), principal, or other."""
+        # The gate asks about the same few Subject objects again and again: by identity
+        # (the entry holds the subject, so its id is not reused while it is kept).
+        known = self._classified.get(id(subject))
+        if known is not None and known[0] is subject:
+            return known[1]
+        found = self._classify(subject)
+        if len(self._classified) >= CLASSIFIED_LIMIT:
+            self._classified.clear()
+        self._classified[id(subject)] = (subject, found)
+        return found
+
+    def _classify(self, subject: Subject) -> tuple[SubjectKind, str | None]:
         tech = None
         if subject.login_account is not None:
             tech = self.technician_accounts.get(subject.login_account)

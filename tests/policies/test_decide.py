@@ -248,6 +248,22 @@ def test_classify(compiled: CompiledAgreement) -> None:
     assert compiled.classify(Subject("root")) == (SubjectKind.OTHER, None)
 
 
+def test_classify_asked_again_about_the_same_subjects_answers_alike() -> None:
+    fresh = compile_agreement(parse_agreement(VALID, filename="agreement.yaml"))
+    subjects = [
+        Subject("root", login_account="jsmith"),
+        Subject("bpsvc"),
+        Subject("svc_backup", exe="/usr/bin/other"),
+        Subject("svc_backup", exe="/usr/bin/restic"),
+        Subject("root"),
+    ]
+    first = [fresh.classify(s) for s in subjects]
+    assert [fresh.classify(s) for s in subjects] == first
+    assert [fresh.classify(Subject(s.account, s.login_account, s.exe)) for s in subjects] == first
+    assert first[2] == (SubjectKind.OTHER, None)  # pinned to another exe
+    assert first[3] == (SubjectKind.PRINCIPAL, "backup-job")
+
+
 def test_account_maps(compiled: CompiledAgreement) -> None:
     assert dict(compiled.technician_accounts) == {
         "jsmith": "jsmith",
