@@ -43,6 +43,7 @@ from agent.identities import UNSET_LOGINUID, Identities, resolve
 from agent.marks import GateError, MarkChoice, Marker, PathMap, RootPlan, plan
 from agent.records import AccessRecord, Attribution, EventSink
 from agent.watch import ChangeWatcher
+from policies.decide import aware
 from policies.model import Action, Decision, Grant, Subject, SubjectKind, Verdict
 
 log = structlog.get_logger("custodes.agent.gate")
@@ -554,11 +555,6 @@ class Gate:
         finally:
             os.close(efd)
 
-    @staticmethod
-    def _at(now_ns: int) -> datetime:
-        """The aware datetime of `now_ns`, to the µs (twice as fast as fromtimestamp)."""
-        return _EPOCH + timedelta(0, 0, now_ns // 1000)
-
     def _technician(  # noqa: PLR0917 - the hot path avoids keyword-argument overhead
         self,
         t0: int,
@@ -607,7 +603,7 @@ class Gate:
                 if state.decide_at_ns is not None:
                     decision = state.decide_at_ns(subject, path, action, now, grants)
                 else:
-                    decision = state.policy.decide(subject, path, action, self._at(now), grants)
+                    decision = state.policy.decide(subject, path, action, aware(now), grants)
             except Exception as e:  # fail closed for a technician
                 log.exception("gate_policy_failed", error=str(e), policy=state.policy.version)
                 decision = Decision(
@@ -711,7 +707,7 @@ class Gate:
                 seen.clear()
             seen[key] = None
             return
-        at = self._at(now)
+        at = aware(now)
         try:
             end = until(subject, path, _ACTIONS[access], at, grants)
         except Exception as e:  # an allow not remembered is only slower

@@ -74,43 +74,7 @@ class PathTrie(Generic[T]):
 
     def match(self, segments: list[str]) -> list[T]:
         """Payloads of every glob matching the path split into `segments` (may repeat)."""
-        out: list[T] = []
-        n = len(segments)
-        stack: list[tuple[_Node[T], int]] = []
-        seen: set[tuple[int, int]] | None = None
-        node = self._root
-        i = 0
-        while True:
-            ds = node.dstar
-            if ds is not None:
-                if ds.leaf:
-                    out.extend(ds.terminal)
-                else:
-                    if seen is None:
-                        seen = set()
-                    key = id(ds)
-                    for j in range(i, n + 1):
-                        if (key, j) not in seen:
-                            seen.add((key, j))
-                            stack.append((ds, j))
-            if i == n:
-                if node.terminal:
-                    out.extend(node.terminal)
-            else:
-                seg = segments[i]
-                if node.wild:
-                    for fullmatch, wchild in node.wild:
-                        if fullmatch(seg) is not None:
-                            stack.append((wchild, i + 1))
-                child = node.literal.get(seg)
-                if child is not None:
-                    # follow the literal chain without a push: the common, hot case
-                    node = child
-                    i += 1
-                    continue
-            if not stack:
-                return out
-            node, i = stack.pop()
+        return self.match_in_dir(segments)[0]
 
     def match_in_dir(self, segments: list[str]) -> tuple[list[T], bool]:
         """`match`, and whether every name in the same directory gets the same payloads.
