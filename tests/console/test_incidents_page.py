@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from server.access import Person, Role
-from server.console import pages, rights, views
+from server.console import incident_pages, rights, views
 from server.console.views import Sources
 from server.detect.model import Finding
 from server.incidents import register
@@ -176,7 +176,7 @@ def test_the_register_is_streamed_a_chunk_at_a_time_and_holds_every_incident(
         return incidents.incidents(after_id=after, limit=limit)
 
     async def collect(viewer: Person) -> list[str]:
-        return [text async for text in pages.register_text(read, viewer, T0, chunk=2)]
+        return [text async for text in incident_pages.register_text(read, viewer, T0, chunk=2)]
 
     parts = _run(collect(AUDITOR))
     assert len(parts) == len(reads) == 5  # 9 incidents, 2 a read: the last read is short
