@@ -713,16 +713,16 @@ class Gate:
         except Exception as e:  # an allow not remembered is only slower
             log.exception("gate_remember_failed", error=str(e))
             return
-        from_us = (at - _EPOCH) // _MICROSECOND
+        from_ns = now - now % 1000  # `at`, to the µs
         until_ns = _FOREVER_NS if end is None else ((end - _EPOCH) // _MICROSECOND) * 1000
-        if until_ns > from_us * 1000:
+        if until_ns > from_ns:
             fast.remember(
                 uid,
                 UNSET_LOGINUID if loginuid is None else loginuid,
                 access,
                 path,
                 generation,
-                from_us * 1000,
+                from_ns,
                 until_ns,
                 decision,
             )

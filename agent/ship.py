@@ -31,6 +31,7 @@ from typing import Protocol
 import grpc
 import structlog
 
+from agent.backoff import backoff_delays
 from agent.config import AgentError
 from agent.enroll import Credentials, split_address
 from protos.evidence.chain import Link
@@ -76,19 +77,6 @@ class ShipLimits:
     # The sender waits this long for the journal to sign more before it looks again (a
     # wait for new events cannot be cancelled: this bounds how late a stop is seen there).
     idle_wait_seconds: float = 1.0
-
-
-def backoff_delays(first: float, cap: float, rng: random.Random) -> Callable[[], float]:
-    """A 'full jitter' exponential backoff: each call returns the next delay (≤ cap)."""
-    attempt = 0
-
-    def next_delay() -> float:
-        nonlocal attempt
-        ceiling = min(cap, first * (2**attempt))
-        attempt = min(attempt + 1, 32)
-        return rng.uniform(ceiling / 2, ceiling)
-
-    return next_delay
 
 
 def batch_message(
@@ -297,14 +285,18 @@ class Shipper:
 
     async def _converse(self, call: grpc.aio.StreamStreamCall, stop: threading.Event) -> None:
         j = self.journal
+        # In the shipping child each of these is a round trip to the daemon: off the loop.
+        first_seq, next_seq, latest = await asyncio.to_thread(
+            lambda: (j.first_seq, j.next_seq, j.latest_checkpoint())
+        )
         await call.write(
             pb.AgentMessage(
                 hello=pb.Hello(
                     agent_id=self.agent_id,
                     version=self.version,
-                    journal_first_seq=j.first_seq,
-                    journal_next_seq=j.next_seq,
-                    latest_checkpoint=j.latest_checkpoint(),
+                    journal_first_seq=first_seq,
+                    journal_next_seq=next_seq,
+                    latest_checkpoint=latest,
                     last_server_checkpoint=self.witness.note,
                 )
             )
@@ -315,13 +307,13 @@ class Shipper:
         resume = first.resume
         self._check_resume(resume)
         send_seq = resume.next_seq
-        if send_seq < j.first_seq:
+        if send_seq < first_seq:
             raise ShipError(
-                f"the server wants seq {send_seq}, but the journal starts at {j.first_seq}"
+                f"the server wants seq {send_seq}, but the journal starts at {first_seq}"
             )
         window = max(1, min(self.limits.max_in_flight, resume.max_in_flight or 1))
         max_events = max(1, min(self.limits.max_batch_events, resume.max_batch_events or 1))
-        log.info("ship_resumed", next_seq=send_seq, journal_next_seq=j.next_seq, window=window)
+        log.info("ship_resumed", next_seq=send_seq, journal_next_seq=next_seq, window=window)
         pending: deque[tuple[int, int]] = deque()
         slots = asyncio.Semaphore(window)
         write_lock = asyncio.Lock()
@@ -389,7 +381,9 @@ class Shipper:
             due = time.monotonic()
             while True:
                 if self._heartbeat_fresh.is_set() or time.monotonic() >= due:
-                    message = pb.AgentMessage(heartbeat=self._next_heartbeat())
+                    # (the journal's position is a round trip to the daemon in the child)
+                    heartbeat = await asyncio.to_thread(self._next_heartbeat)
+                    message = pb.AgentMessage(heartbeat=heartbeat)
                     async with write_lock:
                         await call.write(message)
                     due = time.monotonic() + self.limits.heartbeat_seconds

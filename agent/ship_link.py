@@ -40,6 +40,7 @@ from pathlib import Path
 import structlog
 
 from agent import ship_ipc
+from agent.backoff import backoff_delays
 from agent.journal import Journal
 
 log = structlog.get_logger("agent.ship_link")
@@ -195,7 +196,7 @@ class ShipperLink:
 
     def _supervise(self) -> None:
         first, cap = self._backoff
-        attempt = 0
+        delay = backoff_delays(first, cap, self._rng)
         while not self._closing.is_set():
             with self._lock:
                 if self._closing.is_set():
@@ -220,10 +221,8 @@ class ShipperLink:
                     "shipper_exited", pid=child.proc.pid, code=code, ran_seconds=round(ran, 1)
                 )
                 if ran >= HEALTHY_S:
-                    attempt = 0
-            ceiling = min(cap, first * (2 ** min(attempt, 16)))
-            attempt += 1
-            self._closing.wait(self._rng.uniform(ceiling / 2, ceiling))
+                    delay = backoff_delays(first, cap, self._rng)
+            self._closing.wait(delay())
 
     def _relay(self, child: _Child) -> None:
         """Hand each server message to the daemon until the child closes its socket."""

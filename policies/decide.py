@@ -25,6 +25,11 @@ def aware(now_ns: int) -> datetime:
     return _EPOCH + timedelta(0, 0, now_ns // 1000)
 
 
+def as_datetime(at: datetime | int) -> datetime:
+    """`at` itself when it is a datetime, else `aware(at)`."""
+    return aware(at) if isinstance(at, int) else at
+
+
 def normalise_path(path: str) -> str:
     """Collapse "//", resolve "." and ".." lexically, strip a trailing "/"; always absolute."""
     # "/" itself takes the long way, which gives "/" back too
@@ -216,9 +221,7 @@ def _technician(  # noqa: PLR0917 - internal step of decide, same arguments
     outside_hours = False
     for rule in compiled.scope[area]:
         if action in rule.actions and (rule.technicians is None or tech in rule.technicians):
-            if rule.any_hours or compiled.in_business_hours(
-                at := aware(at) if isinstance(at, int) else at
-            ):
+            if rule.any_hours or compiled.in_business_hours(at := as_datetime(at)):
                 key = ("in_scope", tech, area, action)
                 found = cache.get(key)
                 if found is None:
@@ -239,7 +242,7 @@ def _technician(  # noqa: PLR0917 - internal step of decide, same arguments
 
     refused = ""
     for grant in grants:
-        if grant.covers(tech, area, action, at := aware(at) if isinstance(at, int) else at):
+        if grant.covers(tech, area, action, at := as_datetime(at)):
             why_not = compiled.grant_refusal(grant, action)
             if why_not is not None:
                 refused = f"grant {grant.id} is not honoured: {why_not}"
@@ -257,7 +260,7 @@ def _technician(  # noqa: PLR0917 - internal step of decide, same arguments
             )
 
     if outside_hours:
-        local = (aware(at) if isinstance(at, int) else at).astimezone(compiled.timezone)
+        local = as_datetime(at).astimezone(compiled.timezone)
         return _in_area(
             match,
             Verdict.DENY,

@@ -16,13 +16,7 @@ from typing import Any
 
 from server.incidents.model import UNDECIDED
 from server.store.base import Store, StoreError
-from server.store.rollup import (  # noqa: F401 - re-exported: they were defined here
-    HOUR_NANOS,
-    ROLL_CHUNK,
-    AccessSummary,
-    HourCount,
-    HourlyRollup,
-)
+from server.store.rollup import HourlyRollup
 from server.store.sql import Cursor, SqlStore
 
 UNDECIDED_STATES = tuple(sorted(s.value for s in UNDECIDED))

@@ -20,19 +20,6 @@ ROLL_CHUNK = 20_000  # events counted per transaction: ~60 ms of the database th
 
 
 @dataclass(frozen=True, slots=True)
-class HourCount:
-    """Events of one (technician, area, verdict) in one UTC hour."""
-
-    hour_unix: int
-    technician: str | None
-    area: str | None
-    verdict: str | None
-    action: str | None
-    rule: str | None
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
 class AccessSummary:
     """A month's accesses of one (technician, area, action, verdict, rule), from the rollup."""
 
@@ -137,41 +124,6 @@ class HourlyRollup:
                     " DO UPDATE SET events = console_hourly.events + excluded.events",
                     (r[0], int(r[1]) * 3600, r[2], r[3], r[4], r[5], r[6], int(r[7])),
                 )
-
-    def hourly_counts(
-        self, client: str, since_nanos: int, until_nanos: int, *, technician: str | None = None
-    ) -> list[HourCount]:
-        """Technicians' access events of `client` per UTC hour and (technician, area, verdict,
-        action, rule), from the rollup (call `roll_up` first to include the newest events).
-        """
-        where = "client = ? AND hour_unix >= ? AND hour_unix < ?"
-        params: list[object] = [
-            client,
-            since_nanos // HOUR_NANOS * 3600,
-            -(-until_nanos // HOUR_NANOS) * 3600,
-        ]
-        if technician is not None:
-            where += " AND technician = ?"
-            params.append(technician)
-        with self._tx(write=False) as cur:
-            self._exec(
-                cur,
-                "SELECT hour_unix, technician, area, verdict, action, rule, events"  # noqa: S608
-                f" FROM console_hourly WHERE {where}",
-                params,
-            )
-            return [
-                HourCount(
-                    int(r[0]),
-                    r[1] or None,
-                    r[2] or None,
-                    r[3] or None,
-                    r[4] or None,
-                    r[5] or None,
-                    int(r[6]),
-                )
-                for r in cur.fetchall()
-            ]
 
     def _hours(self, since_nanos: int, until_nanos: int) -> tuple[int, int]:
         return since_nanos // HOUR_NANOS * 3600, -(-until_nanos // HOUR_NANOS) * 3600
