@@ -308,36 +308,23 @@ def parse_records(
                 "wrong_agent",
                 expected_seq,
             )
-        out.append(_stored(agent_id, client, link, event, observations, rotations))
+        if event.WhichOneof("body") == "access":  # nearly every event: its parts read once
+            a = event.access
+            s, o = a.subject, a.object
+            record = access_record(
+                agent_id, client, link.seq, link.event, link.hash, event.unix_nanos, a, s, o
+            )
+            if observations is not None:
+                observations.append(access_observation(record, a, s, o))
+        else:
+            record = to_record(agent_id, client, link, event)
+            if record.kind == "key_rotated":
+                k = event.key_rotated
+                rotations.append(Rotation(link.seq, k.epoch, bytes(k.public_key)))
+            if observations is not None:
+                observations.append(observation_of(record, event))
+        out.append(record)
     return out, observations, rotations
-
-
-def _stored(  # noqa: PLR0917 - per event, positional on purpose
-    agent_id: str,
-    client: str,
-    link: Link,
-    event: pb.Event,
-    observations: list[Observation] | None,
-    rotations: list[Rotation],
-) -> StoredRecord:
-    """The stored record of a verified, parsed event; its observation and KeyRotated
-    announcement are added to `observations` (unless None) and `rotations`."""
-    if event.WhichOneof("body") == "access":  # nearly every event: its parts read once
-        a = event.access
-        s, o = a.subject, a.object
-        record = access_record(
-            agent_id, client, link.seq, link.event, link.hash, event.unix_nanos, a, s, o
-        )
-        if observations is not None:
-            observations.append(access_observation(record, a, s, o))
-        return record
-    record = to_record(agent_id, client, link, event)
-    if record.kind == "key_rotated":
-        k = event.key_rotated
-        rotations.append(Rotation(link.seq, k.epoch, bytes(k.public_key)))
-    if observations is not None:
-        observations.append(observation_of(record, event))
-    return record
 
 
 _Parsed: TypeAlias = (
@@ -395,7 +382,20 @@ def read_batch(
             return None
         if ev.seq != seq or ev.agent_id != agent_id or ev.client != client:
             return None
-        add(_stored(agent_id, client, Link(seq, event, prev), ev, observations, rotations))
+        if ev.WhichOneof("body") == "access":
+            a = ev.access
+            s, o = a.subject, a.object
+            record = access_record(agent_id, client, seq, event, prev, ev.unix_nanos, a, s, o)
+            if observations is not None:
+                observations.append(access_observation(record, a, s, o))
+        else:
+            record = to_record(agent_id, client, Link(seq, event, prev), ev)
+            if record.kind == "key_rotated":
+                k = ev.key_rotated
+                rotations.append(Rotation(seq, k.epoch, bytes(k.public_key)))
+            if observations is not None:
+                observations.append(observation_of(record, ev))
+        add(record)
         add_leaf(sha256(leaf_input(seq, prev)).digest())
         seq += 1
     return out, observations, rotations, leaves, prev
