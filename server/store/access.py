@@ -25,8 +25,8 @@ from server.access import (
     Role,
     State,
 )
-from server.store.base import Store, StoreConflictError, StoreError
-from server.store.sql import Cursor, SqlStore
+from server.store.base import StoreConflictError, StoreError
+from server.store.sql import Cursor, StorePart
 
 # A request's window begins at most MAX_LEAD (a chosen start) or PENDING_TTL (on approval)
 # after the request was made, never more than START_SKEW before, and lasts at most a grant's
@@ -113,22 +113,10 @@ def _request_filter(
     return (f" WHERE {' AND '.join(where)}" if where else ""), params
 
 
-class AccessStore:
+class AccessStore(StorePart):
     """People, agreements and access requests in the evidence store's database."""
 
-    def __init__(self, store: Store) -> None:
-        if not isinstance(store, SqlStore):
-            raise StoreError(
-                f"access needs the SQL store, got {type(store).__name__}; expected "
-                "SqliteStore or PostgresStore"
-            )
-        self._db = store
-
-    def _tx(self, *, write: bool) -> Any:
-        return self._db._transaction(write=write)
-
-    def _exec(self, cur: Cursor, sql: str, params: Sequence[object] = ()) -> None:
-        self._db._exec(cur, sql, params)
+    needs = "access needs"
 
     # -- people -----------------------------------------------------------------------------
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from server.incidents.model import UNDECIDED
-from server.store.base import Store, StoreError
+from server.store.base import Store
 from server.store.rollup import HourlyRollup
-from server.store.sql import Cursor, SqlStore
+from server.store.sql import StorePart
 
 UNDECIDED_STATES = tuple(sorted(s.value for s in UNDECIDED))
 
@@ -97,23 +96,14 @@ class QueueCursor:
         return cls(True, at, int(ident)) if group == "U" and math.isfinite(at) else None
 
 
-class ConsoleStore:
+class ConsoleStore(StorePart):
     """The console's tables and page reads in the evidence store's database."""
 
+    needs = "the console needs"
+
     def __init__(self, store: Store) -> None:
-        if not isinstance(store, SqlStore):
-            raise StoreError(
-                f"the console needs the SQL store, got {type(store).__name__}; expected "
-                "SqliteStore or PostgresStore"
-            )
-        self._db = store
+        super().__init__(store)
         self.rollup = HourlyRollup(store)
-
-    def _tx(self, *, write: bool) -> Any:
-        return self._db._transaction(write=write)
-
-    def _exec(self, cur: Cursor, sql: str, params: Sequence[object] = ()) -> None:
-        self._db._exec(cur, sql, params)
 
     # -- passwords --------------------------------------------------------------------------
 

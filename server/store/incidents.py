@@ -15,8 +15,8 @@ from typing import Any, Protocol, cast
 
 from server.detect.model import Finding, IntegrityNote
 from server.incidents.model import AuditEntry, Entity, Incident, State, assessment_fields
-from server.store.base import Store, StoredRecord, StoreError
-from server.store.sql import Cursor, SqlStore
+from server.store.base import StoredRecord, StoreError
+from server.store.sql import Cursor, StorePart
 
 UNDECIDED = (State.OPEN.value, State.ASSESSING.value)
 _INCIDENT_COLS = (
@@ -116,22 +116,10 @@ def _incident(row: Sequence[Any], audit: tuple[AuditEntry, ...] = ()) -> Inciden
     )
 
 
-class IncidentStore:
+class IncidentStore(StorePart):
     """Incidents and detector state in the evidence store's database."""
 
-    def __init__(self, store: Store) -> None:
-        if not isinstance(store, SqlStore):
-            raise StoreError(
-                f"incidents need the SQL store, got {type(store).__name__}; expected "
-                "SqliteStore or PostgresStore"
-            )
-        self._db = store
-
-    def _tx(self, *, write: bool) -> Any:
-        return self._db._transaction(write=write)
-
-    def _exec(self, cur: Cursor, sql: str, params: Sequence[object] = ()) -> None:
-        self._db._exec(cur, sql, params)
+    needs = "incidents need"
 
     def _many(self, cur: Cursor, sql: str, rows: Sequence[Sequence[object]]) -> None:
         if rows:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from server.store.base import Store, StoreError
-from server.store.sql import Cursor, SqlStore
+from server.store.sql import StorePart
 
 HOUR_NANOS = 3_600 * 1_000_000_000
 ROLL_CHUNK = 20_000  # events counted per transaction: ~60 ms of the database thread
@@ -33,22 +31,10 @@ class AccessSummary:
     last_hour_unix: int
 
 
-class HourlyRollup:
+class HourlyRollup(StorePart):
     """Counts of access events per hour in the evidence store's database, and their sums."""
 
-    def __init__(self, store: Store) -> None:
-        if not isinstance(store, SqlStore):
-            raise StoreError(
-                f"the console's rollup needs the SQL store, got {type(store).__name__}; "
-                "expected SqliteStore or PostgresStore"
-            )
-        self._db = store
-
-    def _tx(self, *, write: bool) -> Any:
-        return self._db._transaction(write=write)
-
-    def _exec(self, cur: Cursor, sql: str, params: Sequence[object] = ()) -> None:
-        self._db._exec(cur, sql, params)
+    needs = "the console's rollup needs"
 
     def roll_up(self, max_rows: int = 2_000_000, chunk: int = ROLL_CHUNK) -> int:
         """Count new access events into the hourly rollup; how many events were counted.

@@ -23,6 +23,7 @@ from server.store.base import (
     EventCursor,
     IntegrityRow,
     SchemaTooNewError,
+    Store,
     StoreConflictError,
     StoredRecord,
     StoreError,
@@ -569,6 +570,32 @@ class SqlStore(abc.ABC):
             )
             if cur.rowcount != 1:
                 raise StoreError(f"agent {agent_id!r} is not enrolled; expected an enrolled agent")
+
+
+class StorePart:
+    """A part of the store kept in a module of its own (console, rollup, access, incidents):
+    its queries run on the SQL store's connection, in the SQL store's transactions.
+
+    `needs` names the part for the error when it is given a store that is not SQL.
+    """
+
+    needs = "this part of the store needs"
+
+    def __init__(self, store: Store) -> None:
+        if not isinstance(store, SqlStore):
+            raise StoreError(
+                f"{self.needs} the SQL store, got {type(store).__name__}; expected "
+                "SqliteStore or PostgresStore"
+            )
+        self._db = store
+
+    def _tx(self, *, write: bool) -> contextlib.AbstractContextManager[Cursor]:
+        """One transaction of the SQL store (see `SqlStore._transaction`)."""
+        return self._db._transaction(write=write)
+
+    def _exec(self, cur: Cursor, sql: str, params: Sequence[object] = ()) -> None:
+        """Run `sql` (`?` placeholders) in the store's dialect."""
+        self._db._exec(cur, sql, params)
 
 
 @contextlib.contextmanager
