@@ -31,6 +31,7 @@ from server.console import handling as h
 
 log = structlog.get_logger("custodes.server.console")
 REGISTER_CHUNK = 500  # incidents read per turn of the database thread for the register
+EVIDENCE_SHOWN = 300  # evidence events an incident's page lists (and marks on its timeline)
 MAX_REGISTER_CHUNKS = 20_000  # 10M incidents: a bound on the loop, never reached in practice
 
 
@@ -80,10 +81,7 @@ def _incident(src: views.Sources, viewer: Person, incident_id: int) -> dict[str,
         return None
     zone = src.zone(inc.client)
     now = time.time()
-    refs = src.incidents.evidence(inc.id, limit=300)
-    rows = []
-    for agent_id, seq in refs:
-        rows += src.store.records(agent_id, seq, seq + 1)
+    rows = src.incidents.evidence_records(inc.id, limit=EVIDENCE_SHOWN)
     lines = views.event_lines(src, viewer, rows)
     marks = [
         charts.Mark(

@@ -34,6 +34,13 @@ _RECORD_COLS = (
 )
 
 
+_EVIDENCE_COLS = ", ".join(f"e.{c.strip()}" for c in _RECORD_COLS.split(","))
+
+
+def _record(r: Sequence[Any]) -> StoredRecord:
+    return StoredRecord(r[0], int(r[1]), bytes(r[2]), bytes(r[3]), r[4], int(r[5]), r[6], *r[7:])
+
+
 class _ManyCursor(Cursor, Protocol):
     def executemany(self, query: Any, params: Iterable[Any], /) -> Any: ...
 
@@ -146,10 +153,7 @@ class IncidentStore(StorePart):
                 (agent_id, from_seq, limit),
             )
             rows = cur.fetchall()
-        return [
-            StoredRecord(r[0], int(r[1]), bytes(r[2]), bytes(r[3]), r[4], int(r[5]), r[6], *r[7:])
-            for r in rows
-        ]
+        return [_record(r) for r in rows]
 
     def integrity_after(self, after_id: int, limit: int = 1000) -> list[IntegrityNote]:
         """Integrity findings recorded after `after_id`, with the agent's client."""
@@ -401,6 +405,21 @@ class IncidentStore(StorePart):
                 (incident_id, limit),
             )
             return [(str(a), int(s)) for a, s in cur.fetchall()]
+
+    def evidence_records(self, incident_id: int, limit: int = 10_000) -> list[StoredRecord]:
+        """The stored events of the incident's first `limit` evidence links (as `evidence`
+        orders them), in that order, read in one query; a link whose event is no longer
+        stored is left out."""
+        with self._tx(write=False) as cur:
+            self._exec(
+                cur,
+                f"SELECT {_EVIDENCE_COLS} FROM (SELECT agent_id, seq FROM ndb_evidence"  # noqa: S608
+                " WHERE incident_id = ? ORDER BY agent_id, seq LIMIT ?) n"
+                " JOIN events e ON e.agent_id = n.agent_id AND e.seq = n.seq"
+                " ORDER BY n.agent_id, n.seq",
+                (incident_id, limit),
+            )
+            return [_record(r) for r in cur.fetchall()]
 
     # -- notification deliveries --------------------------------------------------------------
 

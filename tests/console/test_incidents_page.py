@@ -213,3 +213,11 @@ def test_the_register_download_holds_the_viewers_clients_only(http: Http, world:
     http.sign_in("other-pm")
     rows = list(csv.DictReader(io.StringIO(http.get("/incidents/register.csv").text)))
     assert rows == []
+
+
+def test_an_incident_page_lists_its_evidence_events(http: Http, world: World) -> None:
+    http.sign_in("auditor")
+    text = http.get(f"/incidents/{world.ids['incident']}").text
+    assert "clinic-srv #2" in text
+    assert "Brown_Alice_history.pdf" in text
+    assert "verified · checkpoint 3" in text

@@ -10,12 +10,14 @@ from collections.abc import Callable
 
 import pytest
 
+from server.detect.model import Finding
 from server.incidents import assessment as a
 from server.incidents import register, statement
 from server.incidents.errors import AssessmentInputError, TransitionError
 from server.incidents.model import DAY_S, FACTORS, Entity, Incident, State
 from server.store import Store
 from server.store.incidents import IncidentStore
+from tests.server.conftest import agent_row, append, records
 from tests.server.scenarios.harness import Run, scenario_files
 
 T0 = 1_750_000_000.0
@@ -263,3 +265,26 @@ def test_steps_are_stored_with_their_audit_trail_and_stale_steps_refused(store: 
         book.save_step(inc, after, entry)
     assert len(book.evidence(inc.id)) == 3
     assert detector.incidents.get(inc.id).factors[0].reason == "low"
+
+
+@pytest.mark.parametrize("limit", [1, 7, 8, 300])
+def test_evidence_records_are_the_linked_events_in_order_read_at_once(
+    store: Store, limit: int
+) -> None:
+    for agent_id in ("clinic-02", "clinic-01"):
+        store.add_agent(agent_row(agent_id))
+        append(store, records(agent_id, 0, 8))
+    links = [("clinic-02", 3), ("clinic-01", 7), ("clinic-01", 99), ("clinic-02", 0)]
+    links += [("clinic-01", s) for s in range(0, 6)]  # 99: no such event stored (pruned)
+    book = IncidentStore(store)
+    finding = Finding("denied_out_of_scope", "clinic", "tess", T0, "case", evidence=tuple(links))
+    [change] = book.commit([finding], now=T0, window_s=60, state_rows={}, cursors={}, entities={})
+    incident_id = change.incident.id
+    # what the incident page read before, one query per link
+    one_by_one = [
+        r
+        for a_id, seq in book.evidence(incident_id, limit)
+        for r in store.records(a_id, seq, seq + 1)
+    ]
+    assert book.evidence_records(incident_id, limit) == one_by_one
+    assert len(one_by_one) == min(limit, len(links)) - (limit > 7)  # seq 99 left out
