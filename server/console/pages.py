@@ -146,7 +146,7 @@ def _overview(src: views.Sources, viewer: Person, now: int) -> dict[str, Any]:
         "agents": agents,
         "incidents": first_open,
         "incidents_total": open_total,
-        "requests": views.requests_page(src, viewer, now),
+        "requests": views.live_requests(src, viewer, now),
     }
 
 
@@ -204,11 +204,34 @@ async def agent_page(request: web.Request) -> web.StreamResponse:
 # -- access requests -----------------------------------------------------------------------
 
 
+def _requests(src: views.Sources, viewer: Person, q: Any) -> dict[str, Any]:
+    page = views.requests_page(
+        src,
+        viewer,
+        int(time.time()),
+        client=q.get("client") or None,
+        after=views.RequestCursor.parse(q.get("after")),
+    )
+    return {"page": page, "clients": rights.clients_in_scope(viewer, views.known_clients(src))}
+
+
 async def requests_page(request: web.Request) -> web.StreamResponse:
-    """Pending requests, active grants, history."""
+    """Pending requests and active grants, then the ended ones a page at a time."""
+    viewer = h.viewer(request)
     src = h.sources(request)
-    page = await h.db(request, views.requests_page, src, h.viewer(request), int(time.time()))
-    return h.render(request, "requests.html", title="Access requests", page=page)
+    try:
+        data = await h.db(request, _requests, src, viewer, request.query)
+    except rights.ConsoleForbiddenError as exc:
+        return h.forbidden(request, str(exc))
+    q = {k: v for k, v in request.query.items() if k == "client" and v}
+    return h.render(
+        request,
+        "requests.html",
+        title="Access requests",
+        q=q,
+        first_page=not request.query.get("after"),
+        **data,
+    )
 
 
 async def decide_request(request: web.Request) -> web.StreamResponse:

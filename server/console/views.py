@@ -17,7 +17,7 @@ from policies.errors import PolicyError
 from policies.load import parse_agreement
 from policies.schema import Agreement
 from protos.wire import pb
-from server.access import ENDED, Person, Request, Role, State
+from server.access import Person, Request, Role, State
 from server.console import rights
 from server.incidents.model import ASSESSMENT_DAYS, DAY_S, Incident
 from server.incidents.model import State as IncidentState
@@ -347,29 +347,99 @@ def area_kinds(src: Sources, client: str, area: str) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestCursor:
+    """Where a page of ended requests stopped: the last one shown."""
+
+    created_unix: int
+    id: str
+
+    def text(self) -> str:
+        """The cursor as a query value (`CREATED:ID`)."""
+        return f"{self.created_unix}:{self.id}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> RequestCursor | None:
+        """A cursor back from `text` (None when absent or malformed)."""
+        created, _, ident = (text or "")[:200].partition(":")
+        if not created.isdigit() or len(created) > 18 or not ident:  # 18 digits: a BIGINT
+            return None
+        return cls(int(created), ident)
+
+
+@dataclass(frozen=True, slots=True)
 class RequestPage:
-    """The access requests page."""
+    """The access requests page: what waits and what is live (on the first page), and one
+    page of the ended requests, newest first."""
 
     pending: list[RequestLine]
     active: list[RequestLine]
     history: list[RequestLine]
+    next: str = ""  # the next page's cursor ("" on the last page)
+    live_cut: bool = False  # more pending or live than LIVE_SHOWN: the oldest are left out
 
 
-def requests_page(src: Sources, viewer: Person, now: int) -> RequestPage:
-    """Pending requests, live grants and ended requests the viewer may read."""
+LIVE_SHOWN = 200  # pending requests and live grants read for a page (they lapse within days)
+
+
+def _scope(viewer: Person, client: str | None) -> tuple[str | None, str | None]:
+    """(client, requester) the viewer's requests are read with; ConsoleForbiddenError for a
+    client outside their scope. Technicians see their own requests only."""
+    if client is not None and not viewer.serves(client):
+        raise rights.ConsoleForbiddenError(
+            f"{viewer.name} may see client {viewer.client} only, not {client}"
+        )
     requester = viewer.name if viewer.role is Role.TECHNICIAN else None
-    rows = src.access.list_requests(client=viewer.client, requester=requester, limit=500)
-    reqs = [r.request for r in rows if viewer.serves(r.request.client)]
-    pending = [r for r in reqs if r.state is State.PENDING and now < r.pending_until_unix]
+    return client or viewer.client, requester
+
+
+def live_requests(src: Sources, viewer: Person, now: int, client: str | None = None) -> RequestPage:
+    """Pending requests (oldest first) and live grants the viewer may read (no history)."""
+    scoped, requester = _scope(viewer, client)
+    rows = src.access.live_requests(
+        client=scoped, requester=requester, now_unix=now, limit=LIVE_SHOWN + 1
+    )
+    reqs = [r.request for r in rows[:LIVE_SHOWN] if viewer.serves(r.request.client)]
+    pending = sorted(
+        (r for r in reqs if r.state is State.PENDING and now < r.pending_until_unix),
+        key=lambda r: r.created_unix,
+    )
     active = [r for r in reqs if r.is_live(now)]
-    ended = [
-        r for r in reqs if r.state in ENDED or (r.state is State.APPROVED and not r.is_live(now))
-    ]
-    pending.sort(key=lambda r: r.created_unix)
     return RequestPage(
         [request_line(src, viewer, r, now) for r in pending],
         [request_line(src, viewer, r, now) for r in active],
-        [request_line(src, viewer, r, now) for r in ended[:100]],
+        [],
+        live_cut=len(rows) > LIVE_SHOWN,
+    )
+
+
+def requests_page(
+    src: Sources,
+    viewer: Person,
+    now: int,
+    *,
+    client: str | None = None,
+    after: RequestCursor | None = None,
+) -> RequestPage:
+    """The requests the viewer may read (of `client`): on the first page the pending and
+    the live grants, then PAGE ended requests at a time, newest first (keyset).
+
+    ConsoleForbiddenError for a client outside the viewer's scope.
+    """
+    live = live_requests(src, viewer, now, client) if after is None else RequestPage([], [], [])
+    scoped, requester = _scope(viewer, client)
+    rows = src.access.ended_requests(
+        client=scoped,
+        requester=requester,
+        now_unix=now,
+        after=None if after is None else (after.created_unix, after.id),
+        limit=PAGE + 1,
+    )
+    shown = [r.request for r in rows[:PAGE]]
+    last = shown[-1] if len(rows) > PAGE else None
+    return dataclasses.replace(
+        live,
+        history=[request_line(src, viewer, r, now) for r in shown if viewer.serves(r.client)],
+        next="" if last is None else RequestCursor(last.created_unix, last.id).text(),
     )
 
 

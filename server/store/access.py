@@ -113,6 +113,26 @@ def _request_filter(
     return (f" WHERE {' AND '.join(where)}" if where else ""), params
 
 
+def ended_filter(
+    client: str | None, requester: str | None, now_unix: int, after: tuple[int, str] | None
+) -> tuple[str, list[object]]:
+    """The WHERE clause and parameters of `ended_requests`: walked down
+    access_requests_newest, or access_requests_by_created for one client,
+    access_requests_by_requester for one requester, from `after` on."""
+    clause, params = _request_filter(client, requester, (), None)
+    # Every state but pending is ended (access.ENDED) or approved: "not pending, not a live
+    # grant", spelt with terms no index serves, so the walk stays on the creation order (an
+    # IN over the ended states led SQLite to read every ended request through the state
+    # index and sort them all for one page).
+    where = ["state <> ? AND NOT (state = ? AND end_unix > ?)"]
+    params += [State.PENDING.value, State.APPROVED.value, now_unix]
+    if after is not None:
+        where.append("(created_unix, id) < (?, ?)")
+        params += after
+    joined = " AND ".join(where)
+    return (f"{clause} AND {joined}" if clause else f" WHERE {joined}"), params
+
+
 class AccessStore(StorePart):
     """People, agreements and access requests in the evidence store's database."""
 
@@ -348,6 +368,39 @@ class AccessStore(StorePart):
         with self._tx(write=False) as cur:
             self._exec(cur, f"SELECT COUNT(*) FROM access_requests{clause}", params)  # noqa: S608
             return int(cur.fetchone()[0])
+
+    def live_requests(
+        self,
+        *,
+        client: str | None = None,
+        requester: str | None = None,
+        now_unix: int,
+        limit: int = 200,
+    ) -> list[StoredRequest]:
+        """Requests still pending before their deadline and approved grants not yet ended at
+        `now_unix`, newest first, at most `limit` (both lapse within days: the sweep ends
+        them; access_requests_by_state or access_requests_by_client finds them)."""
+        clause, params = _request_filter(client, requester, (), None)
+        live = "((state = ? AND pending_until_unix > ?) OR (state = ? AND end_unix > ?))"
+        params += [State.PENDING.value, now_unix, State.APPROVED.value, now_unix]
+        clause = f"{clause} AND {live}" if clause else f" WHERE {live}"
+        return self._requests(clause + " ORDER BY created_unix DESC, id", params, limit)
+
+    def ended_requests(
+        self,
+        *,
+        client: str | None = None,
+        requester: str | None = None,
+        now_unix: int,
+        after: tuple[int, str] | None = None,
+        limit: int = 50,
+    ) -> list[StoredRequest]:
+        """Requests that have ended by `now_unix` (denied, cancelled, revoked, expired, or
+        approved with their window over), newest first by (created_unix, id), at most
+        `limit`, from after `after` = (created_unix, id) of the last one shown: a keyset
+        walk (see `ended_filter`), never OFFSET."""
+        clause, params = ended_filter(client, requester, now_unix, after)
+        return self._requests(clause + " ORDER BY created_unix DESC, id DESC", params, limit)
 
     def due(self, now_unix: int, limit: int = 500) -> list[StoredRequest]:
         """Pending requests past their deadline and approved grants past their end."""

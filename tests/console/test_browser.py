@@ -11,7 +11,7 @@ import pytest
 from pypdf import PdfReader
 
 from tests.console.conftest import World, screenshot
-from tests.console.world import CLINIC, CLINIC_PATH, OTHER
+from tests.console.world import CLINIC, CLINIC_PATH, ENDED_REQUESTS, OTHER
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -106,3 +106,20 @@ def test_keyboard_alone_signs_in_and_reaches_the_events(page_for: Any, world: Wo
     page.wait_for_url(world.url + "/")
     page.goto(world.url + "/events")
     assert page.locator("table.events tbody tr").count() >= 3
+
+
+def test_auditor_pages_a_clients_request_history(page_for: Any, world: World) -> None:
+    page = page_for("auditor")
+    page.goto(world.url + "/requests")
+    page.select_option("#r-client", OTHER)
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url(f"**client={OTHER}**")
+    assert page.locator("table.history tbody tr").count() == 50
+    assert "jit-old060" in page.locator("table.history tbody tr").first.inner_text()
+    page.click("a[rel=next]")
+    page.wait_for_url("**after=**")
+    rows = page.locator("table.history tbody tr")
+    assert rows.count() == ENDED_REQUESTS - 50
+    assert "jit-old000" in rows.last.inner_text()
+    assert "History, continued" in page.inner_text("main")
+    screenshot(page, "requests-history-page-2")

@@ -7,6 +7,7 @@ verifying a batch; bench/console_bench.py uses the same helpers to store 1M of t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import subprocess
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from policies.model import Action
 from protos.wire import pb
-from server.access import Draft, create
+from server.access import Change, Draft, State, create
 from server.access_service import Agreements
 from server.detect.model import FileTouched, Finding
 from server.store import AgentRow, Store, StoredRecord, open_store
@@ -29,6 +30,8 @@ CLINIC = "harbour-clinic"
 OTHER = "banksia-dental"
 CLINIC_PATH = "/srv/clinic/records/Tran_Mei_Lin_referral.pdf"
 OTHER_PATH = "/srv/dental/records/Nguyen_Thanh_xray.png"
+ENDED_REQUESTS = 61  # denied requests of OTHER, two days old: a page and a bit of history
+TECH2_ENDED = 3  # the oldest of them tech2's, the rest tech1's
 
 AGREEMENT = """
 client: {{id: {client}, name: {name}}}
@@ -196,6 +199,25 @@ def seed(store: Store, now: float) -> dict[str, str]:
     draft = Draft(CLINIC, "records", (Action.READ,), 7200, "INC-4411", "letter will not open")
     request = create("jit-console1", draft, person, compiled, int(now))
     access.add_request(request)
+    for i in range(ENDED_REQUESTS):  # the other client's history: more than a page of it
+        made = int(now) - 2 * 86400 + (i // 2 * 2 if i < 4 else i) * 60  # two pairs at one time
+        access.add_request(
+            dataclasses.replace(
+                request,
+                id=f"jit-old{i:03d}",
+                client=OTHER,
+                technician="tech2" if i < TECH2_ENDED else "tech1",
+                requester="tech2" if i < TECH2_ENDED else "tech1",
+                ticket=f"BD-{i:03d}",
+                created_unix=made,
+                pending_until_unix=made + 3600,
+                state=State.DENIED,
+                history=(
+                    Change("requested", "tech1", made, "old work"),
+                    Change("denied", "other-pm", made + 60, "not now"),
+                ),
+            )
+        )
     incidents = IncidentStore(store)
     finding = Finding(
         rule="denied_out_of_scope",
