@@ -11,7 +11,7 @@ GEN    := protos/custodes_pb2.py protos/custodes_pb2_grpc.py protos/custodes_pb2
 
 venv: $(STAMP) $(GEN)
 
-$(STAMP): pyproject.toml agent/_answer.c agent/_marktree.c
+$(STAMP): pyproject.toml agent/_answer.c agent/_marktree.c protos/evidence/_native.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'

@@ -16,21 +16,22 @@ and resumes from the committed sequence).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 import grpc
 import structlog
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 
+from protos.evidence import _native
 from protos.evidence import errors as ev
-from protos.evidence.chain import LINK_HEADER, MAX_SEQ, SEEDED, Link, make_links, verify_links
+from protos.evidence.chain import CHAIN_DOMAIN, MAX_SEQ, Link, make_links, verify_links
 from protos.evidence.keychain import EpochKey, KeyChain, Rotation
-from protos.evidence.merkle import RECORD_LEAF_INPUT, record_leaves
+from protos.evidence.merkle import record_leaves
 from protos.evidence.note import parse_checkpoint
 from protos.evidence.origins import agent_origin
 from protos.wire import pb, rpc
@@ -341,64 +342,68 @@ def read_batch(
     *,
     observe: bool,
 ) -> _Parsed | None:
-    """A batch that continues the chain at (`expected`, `head`), verified and parsed in one pass.
+    """A batch of access events that continues the chain at (`expected`, `head`), in one pass.
 
     Returns its stored records, their observations (when `observe`), its KeyRotated
-    announcements, their RFC 6962 leaf hashes and the new chain head; None as soon as
-    anything differs from a well-formed continuation (size, seq, link hash, parse, identity),
-    and the caller then runs `check_batch` and `parse_records`, which name the problem.
+    announcements (none), their RFC 6962 leaf hashes and the new chain head; None as soon as
+    anything differs from a well-formed continuation (size, seq, link hash, parse, identity)
+    or an event is not an access decision, and the caller then runs `check_batch` and
+    `parse_records`, which name the problem or parse the other kinds.
 
-    The same checks as those two, fused for the batches that pass them (nearly all): one
-    loop over the wire records instead of five (links, their check, parsing, leaves), no
-    Link objects, and the chain hash from a hasher already fed the domain: 5.8 against
-    6.3 µs an event on this VM (best of 12 runs each). What remains is mostly protobuf:
-    parsing (~1.4 µs) and reading the ~25 fields a record and its observation need (~3 µs).
+    In C (protos.evidence._native): the same checks as those two and the same records as
+    `access_record` and `access_observation` build, the hashing and decoding without the GIL.
     """
-    records = batch.records
-    n = len(records)
-    if not 0 < n <= max_events or expected + n - 1 > MAX_SEQ or batch.prev_hash != head:
+    if batch.prev_hash != head or not 0 <= expected <= MAX_SEQ:
         return None
-    agent_id, client = state.agent_id, state.client
-    seeded, header, leaf_input = SEEDED.copy, LINK_HEADER.pack, RECORD_LEAF_INPUT.pack
-    sha256, parse = hashlib.sha256, pb.Event.FromString
-    out: list[StoredRecord] = []
-    observations: list[Observation] | None = [] if observe else None
-    rotations: list[Rotation] = []
-    leaves: list[bytes] = []
-    add, add_leaf = out.append, leaves.append
-    prev, seq = head, expected
-    for r in records:
-        event = r.event
-        if r.seq != seq:
-            return None
-        h = seeded()
-        h.update(prev + header(seq, len(event)) + event)
-        prev = h.digest()
-        if prev != r.chain_hash:
-            return None
-        try:
-            ev = parse(event)
-        except Exception:  # parse_records names it (protobuf raises DecodeError and others)
-            return None
-        if ev.seq != seq or ev.agent_id != agent_id or ev.client != client:
-            return None
-        if ev.WhichOneof("body") == "access":
-            a = ev.access
-            s, o = a.subject, a.object
-            record = access_record(agent_id, client, seq, event, prev, ev.unix_nanos, a, s, o)
-            if observations is not None:
-                observations.append(access_observation(record, a, s, o))
-        else:
-            record = to_record(agent_id, client, Link(seq, event, prev), ev)
-            if record.kind == "key_rotated":
-                k = ev.key_rotated
-                rotations.append(Rotation(seq, k.epoch, bytes(k.public_key)))
-            if observations is not None:
-                observations.append(observation_of(record, ev))
-        add(record)
-        add_leaf(sha256(leaf_input(seq, prev)).digest())
-        seq += 1
-    return out, observations, rotations, leaves, prev
+    parsed = _native.read_access_batch(
+        state.agent_id, state.client, expected, head, batch.records, max_events, observe
+    )
+    return cast("_Parsed | None", parsed)
+
+
+_FAST_FIELDS = {"Event": ("access",), "AccessDecision": (), "Subject": (), "Object": ()}
+_KINDS = {
+    FieldDescriptor.TYPE_STRING: "string",
+    FieldDescriptor.TYPE_UINT32: "uint32",
+    FieldDescriptor.TYPE_INT64: "int64",
+    FieldDescriptor.TYPE_UINT64: "uint64",
+    FieldDescriptor.TYPE_ENUM: "enum",
+    FieldDescriptor.TYPE_MESSAGE: "message",
+}
+
+
+def wire_fields() -> set[tuple[str, str, int, str, str]]:
+    """What the C decoder must know of the generated descriptors: (message, field, number,
+    kind, message type) of every field of Event (its body: access only), AccessDecision,
+    Subject and Object."""
+    out: set[tuple[str, str, int, str, str]] = set()
+    for name, bodies in _FAST_FIELDS.items():
+        message = pb.DESCRIPTOR.message_types_by_name[name]
+        for f in message.fields:
+            if f.containing_oneof is not None and f.name not in bodies:
+                continue  # another body: the decoder leaves the event to Python
+            kind = _KINDS.get(f.type, f"type {f.type}")
+            if f.is_repeated:
+                kind = f"repeated {kind}"
+            target = f.message_type.full_name if f.message_type is not None else ""
+            out.add((message.full_name, f.name, f.number, kind, target))
+    return out
+
+
+def check_native_fields() -> None:
+    """Check the C decoder's field table against protos/custodes.proto; RuntimeError if not."""
+    native, proto = set(_native.FIELDS), wire_fields()
+    if native != proto:
+        raise RuntimeError(
+            "protos/evidence/_native.c decodes Events with other fields than "
+            f"protos/custodes.proto: only in C {sorted(native - proto)}, only in the proto "
+            f"{sorted(proto - native)}; expected the same fields (update FIELDS in _native.c "
+            "and rebuild)"
+        )
+
+
+_native.configure(StoredRecord, Observation, _ACTIONS, _VERDICTS, CHAIN_DOMAIN)
+check_native_fields()
 
 
 class Ingest:

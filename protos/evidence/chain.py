@@ -25,6 +25,8 @@ GENESIS: bytes = bytes(32)
 HASH_SIZE = 32
 MAX_SEQ = 2**64 - 1
 _DOMAIN = b"custodes/chain/v1\x00"
+CHAIN_DOMAIN = _DOMAIN
+"""What every link hash starts with (the server's C fast path is seeded with it)."""
 _HEADER = struct.Struct(">QQ")
 LINK_HEADER = _HEADER
 """seq u64 BE || len(event) u64 BE, as `link_hash` packs them after the previous hash."""

@@ -11,6 +11,7 @@ import hashlib
 import struct
 from collections.abc import Iterable, Sequence
 
+from protos.evidence._native import hash_pairs
 from protos.evidence.errors import InconsistentTreeError, MalformedError, short
 
 HASH_SIZE = 32
@@ -101,7 +102,7 @@ class MerkleTree:
         for leaf in leaves:
             if len(leaf) != HASH_SIZE:
                 raise MalformedError(f"leaf hash is {len(leaf)} bytes; expected {HASH_SIZE}")
-        levels, sha256 = self._levels, hashlib.sha256
+        levels = self._levels
         old = self._size
         new = old + len(leaves)
         levels[0] += b"".join(leaves)
@@ -112,15 +113,9 @@ class MerkleTree:
                 break
             if level + 1 == len(levels):
                 levels.append(bytearray())
-            # One copy of the pairs to hash, then bytes slices of it: cheaper per pair than
-            # slicing a memoryview of the level (~1.2 against ~2 µs a node with the hash).
-            pairs = bytes(levels[level][first * 64 : last * 64])
-            levels[level + 1] += b"".join(
-                [
-                    sha256(b"\x01%b" % pairs[at : at + 64]).digest()
-                    for at in range(0, len(pairs), 64)
-                ]
-            )
+            # The pairs this level completes, hashed in C without the GIL (ingest's database
+            # thread appends while the next batch is verified).
+            levels[level + 1] += hash_pairs(levels[level][first * 64 : last * 64])
             old, new, level = first, last, level + 1
         self._size += len(leaves)
 

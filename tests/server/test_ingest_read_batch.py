@@ -1,8 +1,9 @@
 """Ingest's one-pass batch check (`read_batch`) against the step-by-step checks it stands for.
 
-`read_batch` must accept exactly what `check_batch` then `parse_records` accept, with the
-same records, observations, rotations, leaves and head; on anything else it answers None
-and the step-by-step checks name the problem.
+`read_batch` (in C) must accept a plain batch of access events that `check_batch` then
+`parse_records` accept, with the same records, observations, rotations, leaves and head; on
+anything else (other kinds of event included) it answers None and the step-by-step checks
+name the problem. tests/server/test_ingest_native.py draws random and mutated events.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ def _state() -> StreamState:
     return StreamState(AGENT, CLIENT, keys, 0)
 
 
-def _event(seq: int, *, agent: str = AGENT) -> bytes:
+def _event(seq: int, *, agent: str = AGENT, grants: bool = False) -> bytes:
     ev = pb.Event(agent_id=agent, client=CLIENT, boot_id="b", seq=seq, unix_nanos=10**18 + seq)
-    if seq % 5 == 4:  # a lifecycle event now and then: the path for other kinds
+    if seq % 5 == 4 and grants:  # a lifecycle event now and then: the path for other kinds
         ev.grant.technician = "tech1"
         ev.grant.area = "records"
     else:
@@ -43,8 +44,8 @@ def _event(seq: int, *, agent: str = AGENT) -> bytes:
     return ev.SerializeToString()
 
 
-def _batch(first: int, count: int, prev: bytes = GENESIS) -> pb.EventBatch:
-    links = extend(prev, first, [_event(s) for s in range(first, first + count)])
+def _batch(first: int, count: int, prev: bytes = GENESIS, *, grants: bool = False) -> pb.EventBatch:
+    links = extend(prev, first, [_event(s, grants=grants) for s in range(first, first + count)])
     batch = pb.EventBatch(batch_id=1, prev_hash=prev, checkpoint=b"note")
     for k in links:
         batch.records.add(seq=k.seq, event=k.event, chain_hash=k.hash)
@@ -149,6 +150,12 @@ def test_a_bad_batch_is_left_to_the_checks_that_name_it(
 def _step_by_step(batch: pb.EventBatch) -> None:
     links, _ = check_batch(_state(), 0, GENESIS, batch, MAX_EVENTS)
     parse_records(_state(), links, 0, observe=True)
+
+
+def test_a_batch_with_other_kinds_of_event_is_left_to_the_checks() -> None:
+    batch = _batch(0, 10, grants=True)
+    assert read_batch(_state(), 0, GENESIS, batch, MAX_EVENTS, observe=True) is None
+    _step_by_step(batch)  # which accept it
 
 
 def test_a_batch_starting_elsewhere_is_left_to_the_checks() -> None:

@@ -1,0 +1,33 @@
+"""protos.evidence._native.hash_pairs: RFC 6962 interior nodes of 64-byte pairs, in C."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from protos.evidence._native import hash_pairs
+
+
+def _nodes(pairs: bytes) -> bytes:
+    return b"".join(
+        hashlib.sha256(b"\x01" + pairs[at : at + 64]).digest() for at in range(0, len(pairs), 64)
+    )
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 15, 16, 17, 1000])
+def test_hash_pairs_equals_hashlib(count: int) -> None:
+    pairs = bytes(range(256)) * (count // 4 + 1)
+    pairs = pairs[: count * 64]
+    assert hash_pairs(pairs) == _nodes(pairs)
+
+
+def test_hash_pairs_takes_a_bytearray_and_a_memoryview() -> None:
+    pairs = bytearray(b"\x07" * 64 * 20)
+    assert hash_pairs(pairs) == hash_pairs(memoryview(pairs)) == _nodes(bytes(pairs))
+
+
+@pytest.mark.parametrize("length", [1, 32, 63, 65, 127])
+def test_hash_pairs_refuses_a_length_that_is_not_whole_pairs(length: int) -> None:
+    with pytest.raises(ValueError, match="multiple of 64"):
+        hash_pairs(bytes(length))
