@@ -660,6 +660,61 @@ done:
     return result;
 }
 
+/* ---- flat_rows ------------------------------------------------------------------------- */
+
+static PyObject *blob(PyObject *b) {
+    if (!PyBytes_Check(b))
+        return PyByteArray_FromObject(b);
+    return PyByteArray_FromStringAndSize(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b));
+}
+
+/* The bound values of a multi-row INSERT, row after row: each record's first two fields,
+ * its event, chain hash and leaf as bytearrays (sqlite3 binds those without an adapter
+ * look-up), then the rest of its fields. */
+static PyObject *flat_rows(PyObject *self, PyObject *args) {
+    PyObject *records, *leaves;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!O!:flat_rows", &PyList_Type, &records, &PyList_Type, &leaves))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(records);
+    if (PyList_GET_SIZE(leaves) != n) {
+        PyErr_Format(PyExc_ValueError, "%zd records and %zd leaves, expected as many",
+                     n, PyList_GET_SIZE(leaves));
+        return NULL;
+    }
+    Py_ssize_t width = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *r = PyList_GET_ITEM(records, i);
+        if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) < 4 ||
+            (width && PyTuple_GET_SIZE(r) != width)) {
+            PyErr_SetString(PyExc_TypeError, "records must be tuples of one length (4 or more)");
+            return NULL;
+        }
+        width = PyTuple_GET_SIZE(r);
+    }
+    PyObject *out = PyList_New(n * (width + 1));
+    if (!out)
+        return NULL;
+    Py_ssize_t at = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *r = PyList_GET_ITEM(records, i), *x;
+        PyList_SET_ITEM(out, at++, Py_NewRef(PyTuple_GET_ITEM(r, 0)));
+        PyList_SET_ITEM(out, at++, Py_NewRef(PyTuple_GET_ITEM(r, 1)));
+        PyObject *blobs[3] = {PyTuple_GET_ITEM(r, 2), PyTuple_GET_ITEM(r, 3),
+                              PyList_GET_ITEM(leaves, i)};
+        for (int k = 0; k < 3; k++) {
+            if (!(x = blob(blobs[k]))) {
+                Py_DECREF(out); /* the unset items are NULL: a list drops them fine */
+                return NULL;
+            }
+            PyList_SET_ITEM(out, at++, x);
+        }
+        for (Py_ssize_t k = 4; k < width; k++)
+            PyList_SET_ITEM(out, at++, Py_NewRef(PyTuple_GET_ITEM(r, k)));
+    }
+    return out;
+}
+
 /* ---- The module ------------------------------------------------------------------------ */
 
 static PyObject *fields_table(void) {
@@ -693,6 +748,9 @@ static PyMethodDef methods[] = {
     {"hash_pairs", hash_pairs, METH_O,
      "hash_pairs(pairs) -> bytes: SHA-256(0x01 || pair) of each 64-byte pair, back to back. "
      "ValueError when the length is not a multiple of 64."},
+    {"flat_rows", flat_rows, METH_VARARGS,
+     "flat_rows(records, leaves) -> list: per row record[0], record[1], bytearray(record[2]), "
+     "bytearray(record[3]), bytearray(leaf), record[4:], row after row (SQLite's INSERT)."},
     {"read_access_batch", read_access_batch, METH_VARARGS,
      "read_access_batch(agent_id, client, first_seq, head, records, max_events, observe): "
      "(records, observations, rotations, leaves, new_head) of a plain batch of access events "

@@ -23,6 +23,7 @@ from typing import Literal
 
 import structlog
 
+from protos.evidence._native import flat_rows
 from server.store import migrations
 from server.store.base import StoredRecord
 from server.store.sql import EVENT_COLUMNS, Cursor, SqlStore, mapped_errors
@@ -164,15 +165,12 @@ def _parameters(records: Sequence[StoredRecord], leaves: Sequence[bytes]) -> lis
 
     The three hashes and the event go in as bytearrays: sqlite3 binds a bytearray (like str
     and int) directly, but looks up an adapter for every bytes value first (a tuple, a dict
-    lookup and two attribute lookups, under the GIL); the stored BLOBs are the same. With
-    the conversion this costs about 1 µs a row less than binding bytes.
+    lookup and two attribute lookups, under the GIL); the stored BLOBs are the same. Built in
+    C (protos.evidence._native.flat_rows), the Python equivalent being, per record r:
+    r[0], r[1], bytearray(r[2]), bytearray(r[3]), bytearray(leaf), *r[4:].
     """
-    out: list[object] = []
-    extend, blob = out.extend, bytearray
-    for r, leaf in zip(records, leaves, strict=True):
-        extend((r[0], r[1], blob(r[2]), blob(r[3]), blob(leaf)))
-        extend(r[4:])
-    return out
+    rows = records if isinstance(records, list) else list(records)
+    return flat_rows(rows, leaves if isinstance(leaves, list) else list(leaves))
 
 
 def _checkpoint_until(
