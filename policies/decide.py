@@ -160,18 +160,29 @@ def stable_until(  # noqa: PLR0917 - decide's signature
         return None
     tech = name or ""
     area = match.area
-    until: datetime | None = None
-    for rule in compiled.scope[area]:
-        if action in rule.actions and (rule.technicians is None or tech in rule.technicians):
-            if rule.any_hours:
-                return None  # in scope at every hour: grants are never asked
-            until = compiled.hours_stable_until(at)
+    in_scope = _scope_hours(compiled, tech, area, action)
+    if in_scope:
+        return None  # in scope at every hour: grants are never asked
+    until = None if in_scope is None else compiled.hours_stable_until(at)
     for grant in grants:
         if grant.technician == tech and grant.area == area and action in grant.actions:
             for edge in (grant.start, grant.end):
                 if edge > at and (until is None or edge < until):
                     until = edge
     return until
+
+
+def _scope_hours(compiled: CompiledAgreement, tech: str, area: str, action: Action) -> bool | None:
+    """Whether an in-scope rule lets `tech` do `action` in `area`: True at any hour, False
+    only in business hours, None when no rule does (the one test `decide` and
+    `stable_until` both make)."""
+    covered: bool | None = None
+    for rule in compiled.scope[area]:
+        if action in rule.actions and (rule.technicians is None or tech in rule.technicians):
+            if rule.any_hours:
+                return True
+            covered = False
+    return covered
 
 
 def _remember(
@@ -218,27 +229,25 @@ def _technician(  # noqa: PLR0917 - internal step of decide, same arguments
     area = match.area
     cache = compiled.decision_cache
     kind = SubjectKind.TECHNICIAN
-    outside_hours = False
-    for rule in compiled.scope[area]:
-        if action in rule.actions and (rule.technicians is None or tech in rule.technicians):
-            if rule.any_hours or compiled.in_business_hours(at := as_datetime(at)):
-                key = ("in_scope", tech, area, action)
-                found = cache.get(key)
-                if found is None:
-                    found = _remember(
-                        cache,
-                        key,
-                        _in_area(
-                            match,
-                            Verdict.ALLOW,
-                            f"{tech} may {action} {area} without a grant (in scope)",
-                            "in_scope",
-                            kind,
-                            technician=tech,
-                        ),
-                    )
-                return found
-            outside_hours = True
+    in_scope = _scope_hours(compiled, tech, area, action)
+    if in_scope is not None and (in_scope or compiled.in_business_hours(at := as_datetime(at))):
+        key = ("in_scope", tech, area, action)
+        found = cache.get(key)
+        if found is None:
+            found = _remember(
+                cache,
+                key,
+                _in_area(
+                    match,
+                    Verdict.ALLOW,
+                    f"{tech} may {action} {area} without a grant (in scope)",
+                    "in_scope",
+                    kind,
+                    technician=tech,
+                ),
+            )
+        return found
+    outside_hours = in_scope is not None  # in scope, but only in business hours
 
     refused = ""
     for grant in grants:

@@ -13,9 +13,11 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.compile import CompiledAgreement
+from policies.compile import CompiledAgreement, compile_agreement
+from policies.load import parse_agreement
 from policies.model import Action, Grant, Subject
-from tests.policies.test_decide import AK, BAK, DOC, JS, MON, SYD, grant
+from tests.policies.conftest import VALID
+from tests.policies.test_decide import AK, BAK, DOC, JS, MON, SUN, SYD, grant
 
 R, L, W = Action.READ, Action.LIST, Action.WRITE
 MINUTE = timedelta(minutes=1)
@@ -27,6 +29,20 @@ def test_a_decision_that_needs_no_clock_holds_for_good(compiled: CompiledAgreeme
     assert compiled.stable_until(JS, DOC, L, MON) is None  # in scope at any hours
     assert compiled.stable_until(Subject("svc_backup"), BAK, R, MON) is None  # not a technician
     assert compiled.stable_until(AK, BAK, W, MON) is None  # never allowed, no grant to ask
+
+
+def test_an_any_hours_rule_after_a_business_hours_one_wins_at_every_hour() -> None:
+    # backups: read in business hours for everyone (VALID), then at any hour for jsmith.
+    text = VALID.replace(
+        "just_in_time:\n",
+        "  - areas: [backups]\n    actions: [read]\n    technicians: [jsmith]\n"
+        "    hours: any\njust_in_time:\n",
+    )
+    both = compile_agreement(parse_agreement(text, filename="both.yaml"))
+    assert both.decide(JS, BAK, R, SUN).rule == "in_scope"
+    assert both.stable_until(JS, BAK, R, SUN) is None
+    assert both.decide(AK, BAK, R, SUN).rule == "outside_hours"
+    assert both.stable_until(AK, BAK, R, SUN) == datetime(2025, 6, 1, 10, 1, tzinfo=SYD)
 
 
 def test_an_in_hours_decision_holds_to_the_end_of_its_minute(
