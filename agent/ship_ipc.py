@@ -208,6 +208,20 @@ def encode_span(span: BatchSpan) -> bytes:
     )
 
 
+def encode_signed(checkpointed: int) -> bytes:
+    """The body of a SIGNED notice: the journal signed up to `checkpointed`."""
+    return _U64.pack(checkpointed)
+
+
+def decode_signed(body: bytes) -> int:
+    """A SIGNED notice's body: how far the journal signed (IpcError when it is malformed)."""
+    if len(body) != _U64.size:
+        raise IpcError(
+            f"a signed notice of {len(body)} bytes from the daemon, expected {_U64.size}"
+        )
+    return int(_U64.unpack(body)[0])
+
+
 def decode_span(body: bytes) -> BatchSpan:
     """A SPAN answer's body (IpcError when it is malformed)."""
     try:

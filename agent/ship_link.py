@@ -28,7 +28,6 @@ import logging
 import os
 import random
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -258,7 +257,7 @@ class ShipperLink:
             if child is None:
                 sent = signed  # the next child asks for the bounds when it starts
                 continue
-            packet = ship_ipc.SIGNED + struct.pack(">Q", signed)
+            packet = ship_ipc.SIGNED + ship_ipc.encode_signed(signed)
             if not ship_ipc.send_nowait(child.messages, packet):
                 # A full buffer: the child is busy or stuck. Wait a little, then move on
                 # (its sender also wakes on its own within its idle wait).

@@ -143,8 +143,11 @@ class Relay:
                     log.warning("heartbeat_unreadable", size=len(body))
                     continue
                 shipper.send_heartbeat(beat)
-            elif kind == ship_ipc.SIGNED and len(body) == 8:
-                journal.signed(int.from_bytes(body, "big"))
+            elif kind == ship_ipc.SIGNED:
+                try:
+                    journal.signed(ship_ipc.decode_signed(body))
+                except ship_ipc.IpcError as exc:
+                    log.warning("signed_notice_unreadable", error=str(exc))
         stop.set()
         journal.close()
 

@@ -145,3 +145,49 @@ def test_a_shipper_child_that_exits_is_logged_and_started_again(
     assert {x["code"] for x in exits} == {1}
     assert link.starts >= 2
     assert link.pid is None
+
+
+def test_a_signed_notice_round_trips_and_a_malformed_one_is_refused() -> None:
+    body = ship_ipc.encode_signed(2**40 + 7)
+    assert ship_ipc.decode_signed(body) == 2**40 + 7
+    for bad in (b"", body[:-1], body + b"\x00"):
+        with pytest.raises(ship_ipc.IpcError, match="signed notice"):
+            ship_ipc.decode_signed(bad)
+
+
+class _Signed:
+    """A JournalClient stand-in that records the daemon's signed notices."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self.closed = False
+
+    def signed(self, checkpointed: int) -> None:
+        self.seen.append(checkpointed)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_childs_listener_takes_signed_notices_and_skips_malformed_ones() -> None:
+    from agent.shipper_proc import Relay  # noqa: PLC0415 - imports grpc (via agent.ship)
+
+    daemon_end, child_end = ship_ipc.socketpair()
+    journal = _Signed()
+    stop = threading.Event()
+    listener = threading.Thread(
+        target=Relay(child_end).listen,
+        args=(None, journal, stop),
+    )
+    with capture_logs() as logs:
+        listener.start()
+        daemon_end.send(ship_ipc.SIGNED + ship_ipc.encode_signed(42))
+        daemon_end.send(ship_ipc.SIGNED + b"\x00" * 3)
+        daemon_end.send(ship_ipc.SIGNED + ship_ipc.encode_signed(43))
+        daemon_end.close()  # the daemon is gone: the listener ends
+        listener.join(10)
+    child_end.close()
+    assert not listener.is_alive()
+    assert journal.seen == [42, 43]
+    assert journal.closed
+    assert [x["event"] for x in logs if x["log_level"] == "warning"] == ["signed_notice_unreadable"]
