@@ -68,6 +68,7 @@ class _Child:
     proc: subprocess.Popen[bytes]
     journal: socket.socket
     messages: socket.socket
+    server: threading.Thread  # answers the child's journal requests on `journal`
     started: float = field(default_factory=time.monotonic)
 
     def reap(self, timeout: float) -> int:
@@ -81,9 +82,14 @@ class _Child:
             return self.proc.wait(timeout)
 
     def close_sockets(self) -> None:
+        """Shut both sockets, wait (bounded) for the thread serving the journal, close them."""
         for s in (self.journal, self.messages):
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
+        # After the shutdown its recv returns at once; a request it is answering ends first,
+        # so nothing reads the journal for this child once the daemon goes on to close it.
+        self.server.join(STOP_WAIT_S)
+        for s in (self.journal, self.messages):
             s.close()
 
 
@@ -109,7 +115,9 @@ class ShipperLink:
         self._lock = threading.Lock()  # the current child, against close
         self._child: _Child | None = None
         self._heartbeat = b""  # the latest, for a child started later
-        self._threads: list[threading.Thread] = []
+        # Joined by `close`. The signed-notice thread is not: it waits in the journal's
+        # wait_for_new, which the journal's own close (after this one's) ends.
+        self._supervisor: threading.Thread | None = None
         self.starts = 0
 
     @property
@@ -120,10 +128,11 @@ class ShipperLink:
 
     def start(self) -> None:
         """Start the supervisor (which starts the child) and the signed-notice thread."""
-        for name, target in (("ship-supervisor", self._supervise), ("ship-signals", self._signals)):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="ship-supervisor", daemon=True
+        )
+        self._supervisor.start()
+        threading.Thread(target=self._signals, name="ship-signals", daemon=True).start()
 
     def post_heartbeat(self, heartbeat: bytes) -> None:
         """Hand the child the daemon's latest serialized Heartbeat; never blocks."""
@@ -133,7 +142,8 @@ class ShipperLink:
             ship_ipc.send_nowait(child.messages, ship_ipc.HEARTBEAT + heartbeat)
 
     def close(self, timeout: float = STOP_WAIT_S) -> None:
-        """End the child (SIGTERM, then SIGKILL after `timeout`) and the threads."""
+        """End the child (SIGTERM, then SIGKILL after `timeout`), then wait (bounded) for the
+        supervisor, which waits for the thread serving the child's journal requests."""
         with self._lock:
             self._closing.set()
             child = self._child
@@ -143,9 +153,8 @@ class ShipperLink:
             child.reap(timeout)
             with contextlib.suppress(OSError):
                 child.messages.shutdown(socket.SHUT_RDWR)
-        for t in self._threads:
-            if t.name == "ship-supervisor":
-                t.join(timeout + 1.0)
+        if self._supervisor is not None:
+            self._supervisor.join(timeout + STOP_WAIT_S + 1.0)  # its reap, then its sockets
 
     # -- the threads -----------------------------------------------------------------------
 
@@ -179,7 +188,6 @@ class ShipperLink:
         finally:
             child_journal.close()
             child_messages.close()
-        child = _Child(proc, journal, messages)
         server = threading.Thread(
             target=ship_ipc.serve_journal,
             args=(journal, self._journal),
@@ -187,6 +195,7 @@ class ShipperLink:
             daemon=True,
         )
         server.start()
+        child = _Child(proc, journal, messages, server)
         if self._heartbeat:
             ship_ipc.send_nowait(messages, ship_ipc.HEARTBEAT + self._heartbeat)
         self.starts += 1

@@ -191,3 +191,35 @@ def test_the_childs_listener_takes_signed_notices_and_skips_malformed_ones() -> 
     assert journal.seen == [42, 43]
     assert journal.closed
     assert [x["event"] for x in logs if x["log_level"] == "warning"] == ["signed_notice_unreadable"]
+
+
+class _SlowBounds:
+    """A journal whose bounds take a while: a request still being answered at close."""
+
+    def __init__(self, asked: threading.Event) -> None:
+        self._asked = asked
+        self.next_seq = self.checkpointed = 0
+
+    @property
+    def first_seq(self) -> int:
+        self._asked.set()
+        time.sleep(0.5)
+        return 0
+
+
+def test_a_childs_sockets_close_only_after_its_journal_thread_has_ended() -> None:
+    from agent.ship_link import _Child  # noqa: PLC0415
+
+    journal, child_journal = ship_ipc.socketpair()
+    messages, child_messages = ship_ipc.socketpair()
+    asked = threading.Event()
+    server = threading.Thread(target=ship_ipc.serve_journal, args=(journal, _SlowBounds(asked)))
+    server.start()
+    child = _Child(None, journal, messages, server)  # type: ignore[arg-type] # no process here
+    child_journal.send(ship_ipc.BOUNDS)
+    assert asked.wait(10)
+    child.close_sockets()
+    # Nothing reads the daemon's journal for this child any more: the daemon may close it.
+    assert not server.is_alive()
+    child_journal.close()
+    child_messages.close()
