@@ -24,7 +24,6 @@ wait, then SIGKILL.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import random
 import socket
@@ -41,6 +40,7 @@ import structlog
 from agent import ship_ipc
 from agent.backoff import backoff_delays
 from agent.journal import Journal
+from protos import logs
 
 log = structlog.get_logger("agent.ship_link")
 
@@ -50,17 +50,12 @@ SIGNAL_WAIT_S = 60.0  # the signed-notice thread re-checks that it should go on 
 
 
 def log_options() -> list[str]:
-    """`--log-level` and `--log-format` that configure the child as this process is."""
-    config = structlog.get_config()
-    console = any(isinstance(p, structlog.dev.ConsoleRenderer) for p in config["processors"])
-    level = structlog.get_logger().bind().get_effective_level()
-    name = logging.getLevelName(level)
-    return [
-        "--log-level",
-        name.lower() if isinstance(name, str) and not name.startswith("Level") else "info",
-        "--log-format",
-        "console" if console else "json",
-    ]
+    """`--log-level` and `--log-format` that configure the child as this process is (none,
+    the child's defaults, when this process never configured logging)."""
+    settings = logs.settings()
+    if settings is None:
+        return []
+    return ["--log-level", settings.level, "--log-format", settings.fmt]
 
 
 @dataclass

@@ -10,6 +10,7 @@ import importlib
 import logging
 import sys
 import types
+from dataclasses import dataclass
 from typing import Literal
 
 
@@ -55,6 +56,22 @@ def get_logger(name: str | None = None) -> structlog.typing.FilteringBoundLogger
 LogFormat = Literal["auto", "json", "console"]
 
 
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    """What `configure` set: a level name in lower case and the format it chose."""
+
+    level: str
+    fmt: Literal["json", "console"]
+
+
+_settings: LogSettings | None = None
+
+
+def settings() -> LogSettings | None:
+    """What the last `configure` set (None before any): for a child process to log alike."""
+    return _settings
+
+
 class _CurrentStderr:
     """Writes to whatever `sys.stderr` is at the time of each line, not when configured.
 
@@ -71,10 +88,14 @@ class _CurrentStderr:
 
 def configure(level: str = "info", fmt: LogFormat = "auto") -> None:
     """Configure structlog for the whole process; safe to call more than once."""
+    global _settings  # noqa: PLW0603 - the one process-wide configuration, remembered
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    _settings = LogSettings(
+        str(logging.getLevelName(numeric)).lower(), "console" if use_console else "json"
+    )
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         if use_console
