@@ -172,8 +172,10 @@ class Shipper:
         self.stats = {"sessions": 0, "batches": 0, "acks": 0, "refusals": 0, "events": 0}
         # Grants, revocations and agreement bundles go to agent/delivery.py (the daemon's).
         self.on_server_message = on_server_message
-        self._heartbeat: pb.Heartbeat | None = None  # the daemon's latest sample
-        self._heartbeat_fresh = threading.Event()  # set when it is not sent yet
+        # The daemon's latest sample, and the one sent last: it is fresh (not sent yet, its
+        # own time kept) while they differ. Posting one wakes the heartbeat task (`_beat`).
+        self._heartbeat: pb.Heartbeat | None = None
+        self._heartbeat_sent: pb.Heartbeat | None = None
         # Set while `run` runs: wake its tasks from other threads without polling.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
@@ -187,7 +189,6 @@ class Shipper:
         current position, so the server always sees the mode, marks and agreement.
         """
         self._heartbeat = heartbeat
-        self._heartbeat_fresh.set()
         self._wake(self._beat)
 
     def _wake(self, event: asyncio.Event | None) -> None:
@@ -196,15 +197,18 @@ class Shipper:
             with contextlib.suppress(RuntimeError):  # the loop has closed
                 loop.call_soon_threadsafe(event.set)
 
+    def _heartbeat_fresh(self) -> bool:
+        return self._heartbeat is not self._heartbeat_sent
+
     def _next_heartbeat(self) -> pb.Heartbeat:
         latest = self._heartbeat
         beat = pb.Heartbeat()
         if latest is not None:
             beat.CopyFrom(latest)
-        if not self._heartbeat_fresh.is_set() or latest is None:
+        if latest is None or latest is self._heartbeat_sent:  # a repeat: stamped now
             beat.unix_nanos = time.time_ns()
+        self._heartbeat_sent = latest
         beat.journal_next_seq = max(beat.journal_next_seq, self.journal.next_seq)
-        self._heartbeat_fresh.clear()
         return beat
 
     # -- the loop ------------------------------------------------------------------------
@@ -373,30 +377,13 @@ class Shipper:
                 ):
                     await asyncio.to_thread(self.on_server_message, msg)
 
-        async def heartbeats() -> None:
-            # One at once (the server learns mode and marks on connect), then every
-            # heartbeat_seconds or as soon as the daemon posts a new one (a mode change).
-            beat = self._beat
-            assert beat is not None
-            due = time.monotonic()
-            while True:
-                if self._heartbeat_fresh.is_set() or time.monotonic() >= due:
-                    # (the journal's position is a round trip to the daemon in the child)
-                    heartbeat = await asyncio.to_thread(self._next_heartbeat)
-                    message = pb.AgentMessage(heartbeat=heartbeat)
-                    async with write_lock:
-                        await call.write(message)
-                    due = time.monotonic() + self.limits.heartbeat_seconds
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(beat.wait(), max(0.0, due - time.monotonic()))
-                beat.clear()
-
         async def stopper() -> None:
             stopped = self._stopped
             if stopped is not None:
                 await stopped.wait()
 
-        tasks = [asyncio.create_task(t()) for t in (sender, receiver, heartbeats, stopper)]
+        tasks = [asyncio.create_task(t()) for t in (sender, receiver, stopper)]
+        tasks.append(asyncio.create_task(self._heartbeats(call, write_lock)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
@@ -410,6 +397,27 @@ class Shipper:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _heartbeats(self, call: grpc.aio.StreamStreamCall, write_lock: asyncio.Lock) -> None:
+        """One heartbeat at once (the server learns mode and marks on connect), then one
+        every heartbeat_seconds or as soon as the daemon posts a new one (a mode change)."""
+        beat = self._beat
+        assert beat is not None
+        due = time.monotonic()
+        while True:
+            # Cleared before the look: a post after it sets `beat` again, one before it is
+            # seen fresh; either way it is not missed.
+            beat.clear()
+            if self._heartbeat_fresh() or time.monotonic() >= due:
+                # (the journal's position is a round trip to the daemon in the child)
+                heartbeat = await asyncio.to_thread(self._next_heartbeat)
+                message = pb.AgentMessage(heartbeat=heartbeat)
+                async with write_lock:
+                    await call.write(message)
+                due = time.monotonic() + self.limits.heartbeat_seconds
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(beat.wait(), max(0.0, due - time.monotonic()))
 
     async def _drain(self, pending: deque[tuple[int, int]]) -> None:
         while pending:
