@@ -399,7 +399,7 @@ def test_sqlite_batches_of_any_size_store_every_row_once(
     store._rows_per_insert = rows_per_insert
     store.add_agent(agent_row())
     sent: list[StoredRecord] = []
-    # Full chunks, a multiple of ROW_GRAIN rows, and the rest, in every combination.
+    # Full chunks of rows_per_insert, then the rest in power-of-two INSERTs, in every combination.
     for size in (1, 2, 7, 23, 4, 16, 64, 130, 200, 263):
         batch = records("clinic-01", len(sent), size)
         append(store, batch)
