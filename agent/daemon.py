@@ -482,6 +482,7 @@ class Daemon:
         stats = journal.stats()
         marks = self.gate.marks if self.gate is not None else 0
         compiled = self._compiled
+        link = self._ship_link
         sample = meter.sample(
             mode=self.mode,
             mode_note=self.mode_note,
@@ -490,15 +491,18 @@ class Daemon:
             marks=marks,
             agreement_version=compiled.version if compiled else "",
             dropped=stats.dropped,
+            shipper_pid=link.pid if link is not None else None,
         )
-        if self._ship_link is not None:
-            self._ship_link.post_heartbeat(sample.to_wire().SerializeToString())
+        if link is not None:
+            link.post_heartbeat(sample.to_wire().SerializeToString())
         log.info(
             "heartbeat",
             mode=sample.mode,
             mode_note=sample.mode_note,
             rss_bytes=sample.rss_bytes,
             cpu_percent=sample.cpu_percent,
+            shipper_rss_bytes=sample.shipper_rss_bytes,
+            shipper_cpu_percent=sample.shipper_cpu_percent,
             events_per_second=sample.events_per_second,
             queue_depth=sample.queue_depth,
             marks=sample.marks,

@@ -218,15 +218,16 @@ def test_the_enrolled_daemon_never_loads_grpc_and_its_child_does(
     d.wait_for("ship_resumed")
     assert maps_grpc(child)
     assert not maps_grpc(d.proc.pid)
-    # The daemon's heartbeat reaches the server through the child.
+    # The daemon's heartbeat reaches the server through the child, with the memory of both.
     until(
         lambda: (
             (b := stored_heartbeat(server, "host-child")) is not None
             and b.mode == pb.GATE_MODE_MONITOR
             and b.agreement_version == "v1"
             and b.rss_bytes > 0
+            and b.shipper_rss_bytes > 0
         ),
-        "the daemon's heartbeat on the server",
+        "the daemon's heartbeat, with its shipping child's memory, on the server",
     )
     d.stop()
     stopped = d.wait_for("shipper_stopped")
