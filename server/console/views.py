@@ -208,6 +208,11 @@ QUEUE_STATES = {  # the incidents page's state filter: its values and the states
 }
 
 
+# The decided are counted this far and then shown as "10,000+": they only grow (years of
+# closed incidents), and an exact count reads every one of them for each page.
+DECIDED_COUNTED = 10_000
+
+
 @dataclass(frozen=True, slots=True)
 class IncidentPage:
     """One page of the incident queue, with the totals it is a page of."""
@@ -215,8 +220,9 @@ class IncidentPage:
     undecided: list[IncidentLine]
     decided: list[IncidentLine]
     undecided_total: int
-    decided_total: int
+    decided_total: int  # at most DECIDED_COUNTED
     next: str  # the next page's cursor ("" on the last page)
+    decided_more: bool = False  # more than DECIDED_COUNTED are decided
 
     @property
     def shown(self) -> int:
@@ -252,14 +258,18 @@ def incident_page(
     chosen = set(states)
     undecided = [s for s in UNDECIDED_STATES if not chosen or s in chosen]
     decided = [s for s in QUEUE_STATES["decided"] if not chosen or s in chosen]
+    decided_total = (
+        src.console.count_incidents(client, decided, up_to=DECIDED_COUNTED) if decided else 0
+    )
     return IncidentPage(
         [brief_line(src, b, now) for b in page if b.state in UNDECIDED_STATES],
         [brief_line(src, b, now) for b in page if b.state not in UNDECIDED_STATES],
         src.console.count_incidents(client, undecided) if undecided else 0,
-        src.console.count_incidents(client, decided) if decided else 0,
+        min(decided_total, DECIDED_COUNTED),
         ""
         if last is None
         else QueueCursor(last.state in UNDECIDED_STATES, last.aware_unix, last.id).text(),
+        decided_total > DECIDED_COUNTED,
     )
 
 

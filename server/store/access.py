@@ -430,7 +430,10 @@ class AccessStore(StorePart):
 
     def _requests(self, clause: str, params: Sequence[object], limit: int) -> list[StoredRequest]:
         with self._tx(write=False) as cur:
-            self._exec(cur, f"{_SELECT_REQUESTS}{clause} LIMIT ?", (*params, limit))
+            # The limit in the text, not bound: SQLite plans a bound LIMIT as unknown, and
+            # with statistics (ANALYZE) walked every request down access_requests_newest
+            # for the few live ones rather than take them from the state index.
+            self._exec(cur, f"{_SELECT_REQUESTS}{clause} LIMIT {int(limit)}", params)
             rows = cur.fetchall()
             ids = [r[0] for r in rows]
             approvals: dict[str, list[Approval]] = {i: [] for i in ids}

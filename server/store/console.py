@@ -101,8 +101,11 @@ class QueueCursor:
         return cls(True, at, int(ident)) if group == "U" and math.isfinite(at) else None
 
 
-def count_query(client: str | None, states: Sequence[str]) -> tuple[str, list[object]]:
-    """The query counting incidents (of `client`, or all) in `states`, and its parameters.
+def count_query(
+    client: str | None, states: Sequence[str], up_to: int | None = None
+) -> tuple[str, list[object]]:
+    """The query counting incidents (of `client`, or all) in `states` (no further than
+    `up_to` + 1 when given), and its parameters.
 
     Every decided state at once is counted through ndb_incidents_decided: an index-only
     scan of the decided alone, where the state index or the table was read for nearly
@@ -117,7 +120,10 @@ def count_query(client: str | None, states: Sequence[str]) -> tuple[str, list[ob
     if client is not None:
         where += " AND client = ?"
         params.append(client)
-    return f"SELECT COUNT(*) FROM ndb_incidents WHERE {where}", params  # noqa: S608
+    if up_to is None:
+        return f"SELECT COUNT(*) FROM ndb_incidents WHERE {where}", params  # noqa: S608
+    inner = f"SELECT 1 FROM ndb_incidents WHERE {where} LIMIT {int(up_to) + 1}"  # noqa: S608
+    return f"SELECT COUNT(*) FROM ({inner}) AS found", params  # noqa: S608
 
 
 class ConsoleStore(StorePart):
@@ -334,9 +340,12 @@ class ConsoleStore(StorePart):
             out += self._briefs(client, where, params, "id DESC", limit - len(out))
         return out
 
-    def count_incidents(self, client: str | None, states: Sequence[str]) -> int:
-        """How many incidents (of `client`, or all) are in `states`."""
-        sql, params = count_query(client, states)
+    def count_incidents(
+        self, client: str | None, states: Sequence[str], up_to: int | None = None
+    ) -> int:
+        """How many incidents (of `client`, or all) are in `states`; with `up_to`, counted
+        no further than `up_to` + 1 (more than `up_to`: the count is bounded, as lists are)."""
+        sql, params = count_query(client, states, up_to)
         with self._tx(write=False) as cur:
             self._exec(cur, sql, params)
             return int(cur.fetchone()[0])

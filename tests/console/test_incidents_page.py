@@ -267,6 +267,23 @@ def test_the_decided_total_is_counted_from_the_decided_index_alone(
         assert "COVERING INDEX" in plan, plan
     # one decided state is still counted by its own index entries
     assert console.count_incidents(client, ("closed",)) == (2 if client is None else 1)
+    # bounded as the page counts: no further than up_to + 1, through the same index
+    assert console.count_incidents(client, decided, up_to=1) == 2
+    plan = _plan(console, store, *count_query(client, decided, up_to=1))
+    assert "ndb_incidents_decided" in plan, plan
+
+
+def test_the_decided_total_is_shown_bounded(
+    store: Store,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    raise_incidents(store)
+    src = Sources(store, AccessStore(store), IncidentStore(store), ConsoleStore(store), b"k" * 32)
+    monkeypatch.setattr(views, "DECIDED_COUNTED", 4)
+    page = views.incident_page(src, AUDITOR, T0 + 100)
+    assert (page.decided_total, page.decided_more) == (4, True)  # 5 decided
+    page = views.incident_page(src, CLINIC_MANAGER, T0 + 100)
+    assert (page.decided_total, page.decided_more) == (3, False)
 
 
 def test_an_out_of_range_cursor_is_not_a_server_error(http: Http, world: World) -> None:
