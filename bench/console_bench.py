@@ -16,6 +16,14 @@ HTTP round trip. Baseline: the sign-in page (no database work) in the same run.
 --incidents N stores N more incidents (five years, 200 clients, mostly closed) before the
 server starts, and prints the server's peak RSS before and after the incidents page and
 the breach register (a full export, streamed) are fetched.
+--queries: instead of the server, the console's reads on the database thread alone (no
+HTTP), each against what the same page read before in the same run, back to back: an
+incident's evidence (300 events: one query per event before, one join now), the incidents
+page's decided total (the IN over six states before; the partial index now, exact and
+bounded at views.DECIDED_COUNTED as the page shows it), and the
+requests page (the newest 500 requests before, a keyset page of 50 now), over
+--incidents (default 100,000) incidents and --requests (default 30,000) requests; medians
+of --runs runs.
 PostgreSQL runs when an initdb binary exists (tests/server/conftest.py's throwaway
 cluster). The load average is printed at the start and end of each store's run, since
 the figures move with whatever else the machine runs.
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -33,7 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -41,12 +50,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from policies.model import Action  # noqa: E402
-from server.access import Draft, create  # noqa: E402
+from server.access import ENDED, Change, Draft, Person, Role, create  # noqa: E402
+from server.access import State as AccessState  # noqa: E402
 from server.access_service import Agreements  # noqa: E402
+from server.console import views  # noqa: E402
+from server.detect.model import Finding  # noqa: E402
 from server.incidents import assessment  # noqa: E402
 from server.incidents.model import Incident, State  # noqa: E402
 from server.store import Store, open_store  # noqa: E402
-from server.store.access import AccessStore  # noqa: E402
+from server.store.access import _INSERT_REQUEST, AccessStore  # noqa: E402
 from server.store.console import ConsoleStore  # noqa: E402
 from server.store.incidents import IncidentStore  # noqa: E402
 from tests.console.conftest import Http  # noqa: E402
@@ -179,6 +191,227 @@ def seed_incidents(url: str, count: int, now: float) -> None:
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
+    finally:
+        store.close()
+
+
+def seed_requests(url: str, count: int, now: float) -> None:
+    """COUNT requests over a year, by 40 technicians across 20 clients (CLINIC among them):
+    nearly all ended (denied, expired, revoked), 20 pending and 20 live grants among the
+    newest, written in transactions of BATCH requests as `add_request` writes each."""
+    store = open_store(url)
+    try:
+        access = AccessStore(store)
+        person = access.get_person("tech1")
+        assert person is not None
+        compiled = Agreements(access).current(CLINIC)
+        draft = Draft(CLINIC, "records", (Action.READ,), 3600, "INC-1", "bench")
+        base = create("jit-template", draft, person, compiled, int(now))
+        ended = (AccessState.DENIED, AccessState.EXPIRED, AccessState.REVOKED)
+        start = int(now) - 365 * 86400
+        for first in range(0, count, BATCH):
+            rows = []
+            for i in range(first, min(count, first + BATCH)):
+                made = start + (int(now) - 3600 - start) * i // count
+                newest = count - i
+                state = ended[i % 3]
+                window = (made + 60, made + 3660)
+                if newest <= 20:
+                    state, window = AccessState.PENDING, (0, 0)
+                    made = int(now) - newest * 60
+                elif newest <= 40:
+                    state, window = AccessState.APPROVED, (int(now) - 60, int(now) + 3600)
+                tech = f"tech{i % 40}"
+                rows.append(
+                    dataclasses.replace(
+                        base,
+                        id=f"jit-b{i:07d}",
+                        client=CLINIC if i % 20 == 0 else f"client-{i % 20:02d}",
+                        technician=tech,
+                        requester=tech,
+                        created_unix=made,
+                        pending_until_unix=made + 86400,
+                        start_unix=window[0],
+                        end_unix=window[1],
+                        state=state,
+                        history=(Change("requested", tech, made, "bench"),)
+                        + (
+                            ()
+                            if state is AccessState.PENDING
+                            else (Change(state, "pm", made + 60, "bench"),)
+                        ),
+                    )
+                )
+            with access._tx(write=True) as cur:
+                for req in rows:
+                    access._exec(cur, _INSERT_REQUEST, access._row(req, None, None))
+                    access._children(cur, req, 0, 0)
+    finally:
+        store.close()
+
+
+def seed_evidence(url: str, now: float, links: int = 300) -> int:
+    """An incident resting on `links` stored events (of two agents); its id."""
+    store = open_store(url)
+    try:
+        refs = []
+        for agent in ("ev-a", "ev-b"):
+            add_agent(store, agent, CLINIC)
+            n = links // 2
+            start = int((now - 3600) * 1e9)
+            batch = [
+                access_record(
+                    agent,
+                    CLINIC,
+                    s,
+                    start + s * 10**6,
+                    technician="tech1",
+                    path=f"/srv/clinic/records/patient-{s}.pdf",
+                    verdict="deny",
+                    rule="out_of_scope",
+                )
+                for s in range(n)
+            ]
+            append(store, agent, batch, 0)
+            refs += [(agent, s) for s in range(n)]
+        finding = Finding(
+            "denied_out_of_scope", CLINIC, "tech1", now, "bench", evidence=tuple(refs)
+        )
+        [change] = IncidentStore(store).commit(
+            [finding], now=now, window_s=60, state_rows={}, cursors={}, entities={}
+        )
+        return change.incident.id
+    finally:
+        store.close()
+
+
+def _old_requests_page(src: views.Sources, viewer: Person, now: int) -> views.RequestPage:
+    """The requests page as it was read before: the newest 500, sorted out in Python."""
+    requester = viewer.name if viewer.role is Role.TECHNICIAN else None
+    rows = src.access.list_requests(client=viewer.client, requester=requester, limit=500)
+    reqs = [r.request for r in rows if viewer.serves(r.request.client)]
+    pending = [r for r in reqs if r.state is AccessState.PENDING and now < r.pending_until_unix]
+    active = [r for r in reqs if r.is_live(now)]
+    ended = [
+        r
+        for r in reqs
+        if r.state in ENDED or (r.state is AccessState.APPROVED and not r.is_live(now))
+    ]
+    pending.sort(key=lambda r: r.created_unix)
+    return views.RequestPage(
+        [views.request_line(src, viewer, r, now) for r in pending],
+        [views.request_line(src, viewer, r, now) for r in active],
+        [views.request_line(src, viewer, r, now) for r in ended[:100]],
+    )
+
+
+def _median_ms(fn: Callable[[], object], runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1000)
+    return statistics.median(samples)
+
+
+def measure_queries(
+    name: str, url: str, incidents: int, requests_n: int, runs: int
+) -> list[tuple[str, str, float, float]]:
+    """(store, read, before ms, after ms) of each changed read, medians, alternated."""
+    now = time.time()
+    store = open_store(url)
+    try:
+        yaml = AGREEMENT.format(client=CLINIC, name="Harbour Clinic", root="/srv/clinic")
+        AccessStore(store).add_agreement(
+            CLINIC, "v1", "bench", yaml.encode(), at_unix=int(now), by="bench"
+        )
+        AccessStore(store).add_person(Person("tech1", Role.TECHNICIAN, technician="tech1"), 0)
+    finally:
+        store.close()
+    seed_incidents(url, incidents, now)
+    seed_requests(url, requests_n, now)
+    incident_id = seed_evidence(url, now)
+    store = open_store(url)
+    try:
+        # PostgreSQL as autovacuum leaves the tables (statistics, the visibility map an
+        # index-only scan needs); SQLite as the server runs it, without ANALYZE.
+        if name == "postgres":
+            with store._lock:  # type: ignore[attr-defined]
+                for table in ("ndb_incidents", "access_requests", "access_history", "events"):
+                    store._conn.execute(f"VACUUM ANALYZE {table}")  # type: ignore[attr-defined]
+        src = views.Sources(
+            store, AccessStore(store), IncidentStore(store), ConsoleStore(store), b"k" * 32
+        )
+        auditor = Person("auditor", Role.AUDITOR)
+        decided = views.QUEUE_STATES["decided"]
+        marks = ", ".join("?" * len(decided))
+
+        def evidence_before() -> object:
+            page = src.for_page()
+            out = []
+            for agent_id, seq in page.incidents.evidence(incident_id, limit=300):
+                out += page.store.records(agent_id, seq, seq + 1)
+            return out
+
+        def evidence_after() -> object:
+            return src.for_page().incidents.evidence_records(incident_id, limit=300)
+
+        def decided_before() -> object:
+            with src.console._tx(write=False) as cur:
+                src.console._exec(
+                    cur, f"SELECT COUNT(*) FROM ndb_incidents WHERE state IN ({marks})", decided
+                )
+                return cur.fetchone()[0]
+
+        def decided_exact() -> object:
+            return src.console.count_incidents(None, decided)
+
+        def decided_shown() -> object:
+            return src.console.count_incidents(None, decided, up_to=views.DECIDED_COUNTED)
+
+        assert evidence_before() == evidence_after()
+        assert len(evidence_after()) == 300  # type: ignore[arg-type]
+        assert decided_before() == decided_exact()
+        first = views.requests_page(src.for_page(), auditor, int(now))
+        third = views.RequestCursor.parse(
+            views.requests_page(
+                src.for_page(), auditor, int(now), after=views.RequestCursor.parse(first.next)
+            ).next
+        )
+        pairs = [
+            ("incident page: 300 evidence events", evidence_before, evidence_after),
+            ("incidents page: decided, exact (index)", decided_before, decided_exact),
+            ("incidents page: decided, as shown", decided_before, decided_shown),
+            (
+                "requests page (MSP-wide), page 1",
+                lambda: _old_requests_page(src.for_page(), auditor, int(now)),
+                lambda: views.requests_page(src.for_page(), auditor, int(now)),
+            ),
+            (
+                "requests page (MSP-wide), page 3",
+                lambda: _old_requests_page(src.for_page(), auditor, int(now)),
+                lambda: views.requests_page(src.for_page(), auditor, int(now), after=third),
+            ),
+            (
+                f"requests page ({CLINIC})",
+                lambda: _old_requests_page(
+                    src.for_page(), Person("pm", Role.APPROVER, client=CLINIC), int(now)
+                ),
+                lambda: views.requests_page(
+                    src.for_page(), Person("pm", Role.APPROVER, client=CLINIC), int(now)
+                ),
+            ),
+        ]
+        out = []
+        for label, before, after in pairs:
+            before(), after()  # warm
+            b: list[float] = []
+            a: list[float] = []
+            for _ in range(4):  # alternated, so both see the same load
+                b.append(_median_ms(before, max(3, runs // 4)))
+                a.append(_median_ms(after, max(3, runs // 4)))
+            out.append((name, label, statistics.median(b), statistics.median(a)))
+        return out
     finally:
         store.close()
 
@@ -331,6 +564,32 @@ def postgres() -> Iterator[str | None]:
         cluster.stop()
 
 
+def queries_main(stores: list[str], incidents: int, requests_n: int, runs: int) -> None:
+    """--queries: each changed read against the old one, on each store."""
+    print(f"load at start {load()}", flush=True)
+    rows: list[tuple[str, str, float, float]] = []
+    if "sqlite" in stores:
+        base = Path(tempfile.mkdtemp(prefix="cbench-q-"))
+        try:
+            rows += measure_queries("sqlite", str(base / "q.db"), incidents, requests_n, runs)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+    if "postgres" in stores:
+        with postgres() as url:
+            if url is not None:
+                rows += measure_queries("postgres", url, incidents, requests_n, runs)
+            else:
+                print("postgres: no initdb on this machine; skipped")
+    print(f"load at end {load()}")
+    print(
+        f"\nconsole reads with {incidents:,} incidents, {requests_n:,} requests "
+        f"(medians of 4 alternated rounds of {max(3, runs // 4)} runs; ms)"
+    )
+    print(f"{'store':10} {'read':38} {'before':>8} {'after':>8} {'ratio':>7}")
+    for store, label, before, after in rows:
+        print(f"{store:10} {label:38} {before:8.2f} {after:8.2f} {before / after:7.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("events", type=int, nargs="?", default=1_000_000)
@@ -342,7 +601,16 @@ def main() -> None:
         help="store this many more incidents (five years, 200 clients) before the server starts",
     )
     parser.add_argument("--runs", type=int, default=RUNS, help=f"warm fetches (default {RUNS})")
+    parser.add_argument(
+        "--queries",
+        action="store_true",
+        help="time the console's changed reads against the old ones (no server)",
+    )
+    parser.add_argument("--requests", type=int, default=30_000, help="requests for --queries")
     args = parser.parse_args()
+    if args.queries:
+        queries_main(args.stores.split(","), args.incidents or 100_000, args.requests, args.runs)
+        return
     events = args.events
     stores = args.stores.split(",")
     print(f"load at start {load()}", flush=True)
