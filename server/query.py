@@ -98,12 +98,24 @@ def agent_line(agent: AgentRow, now_unix: float) -> str:
         f"mode={mode}",
         f"marks={beat.marks}",
         f"agreement={beat.agreement_version or '-'}",
+        f"memory={_footprint(beat)}",
         f"last_seen={_ago(agent.last_seen_unix, now_unix)}",
         agent.hostname,
     ]
     if beat.mode_note:
         parts.append(f"({beat.mode_note[:120]})")
     return "\t".join(parts)
+
+
+def _footprint(beat: pb.Heartbeat) -> str:
+    """The agent's resident memory as its heartbeat reports it: the gating daemon, plus the
+    shipping child when there is one (an older agent reports the daemon only)."""
+    if not beat.rss_bytes:
+        return "-"
+    daemon = f"{beat.rss_bytes / 2**20:.1f}MiB"
+    if not beat.shipper_rss_bytes:
+        return daemon
+    return f"{daemon}+{beat.shipper_rss_bytes / 2**20:.1f}MiB"
 
 
 def _ago(unix: int | None, now: float) -> str:

@@ -22,7 +22,7 @@ def sample(mode: str, marks: int, version: str) -> pb.Heartbeat:
         unix_nanos=1_700_000_000_000_000_000,
         mode=mode,
         mode_note="monitor mode: not root, cannot block" if mode == "monitor" else "",
-        rss_bytes=1,
+        rss_bytes=38 * 2**20,
         cpu_percent=0.5,
         events_per_second=0.0,
         queue_depth=0,
@@ -30,6 +30,7 @@ def sample(mode: str, marks: int, version: str) -> pb.Heartbeat:
         agreement_version=version,
         journal_next_seq=0,
         dropped=0,
+        shipper_rss_bytes=53 * 2**20 if mode == "monitor" else 0,
     ).to_wire()
 
 
@@ -78,6 +79,7 @@ def test_the_latest_heartbeat_reaches_the_server_and_the_agent_list(tmp_path: Pa
         line = next(x for x in listing.splitlines() if x.startswith("host-09\t"))
         assert "mode=monitor" in line
         assert "marks=0" in line
+        assert "memory=38.0MiB+53.0MiB" in line  # the daemon and its shipping child
         assert "agreement=v2" in line
         assert "last_seen=never" not in line
         assert "not root" in line
