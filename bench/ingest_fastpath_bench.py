@@ -93,6 +93,10 @@ def main() -> None:
         ("read_batch, access events", timed(runs, n, lambda: prepare(plain))),
         ("check_batch + parse_records + leaves", timed(runs, n, lambda: reference(plain))),
         ("one grant in the batch: both in turn", timed(runs, n, lambda: prepare(mixed))),
+        (
+            "  of which read_batch answering None",
+            timed(runs, n, lambda: read_batch(state, 0, GENESIS, mixed, MAX_EVENTS, observe=True)),
+        ),
     ]
     leaves = [bytes([i % 251]) * 32 for i in range(n)]
 

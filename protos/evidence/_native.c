@@ -362,15 +362,25 @@ typedef struct {
     uint8_t leaf[HASH];
 } item_t;
 
-/* Hash and decode the whole batch (no GIL); the chain head into `prev`. 1 if all is plain. */
+/* Decode and hash the whole batch (no GIL); the chain head into `prev`. 1 if all is plain.
+ * Every event is decoded before any is hashed: a batch holding another kind of event (left
+ * to Python) is given up without hashing. */
 static int check_items(item_t *items, Py_ssize_t n, uint64_t first, uint8_t prev[HASH],
                        const char *agent, Py_ssize_t agent_n, const char *client,
                        Py_ssize_t client_n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        decoded_t *d = &items[i].d;
+        if (!decode_event((const uint8_t *)PyBytes_AS_STRING(items[i].event),
+                          PyBytes_GET_SIZE(items[i].event), d) ||
+            d->ev[E_SEQ].u != first + (uint64_t)i || d->ev[E_AGENT_ID].n != agent_n ||
+            memcmp(d->ev[E_AGENT_ID].p, agent, agent_n) || d->ev[E_CLIENT].n != client_n ||
+            memcmp(d->ev[E_CLIENT].p, client, client_n))
+            return 0;
+    }
     uint8_t header[16], leaf_in[1 + 8 + HASH];
     for (Py_ssize_t i = 0; i < n; i++) {
         item_t *it = &items[i];
         uint64_t seq = first + (uint64_t)i;
-        const uint8_t *event = (const uint8_t *)PyBytes_AS_STRING(it->event);
         Py_ssize_t len = PyBytes_GET_SIZE(it->event);
         for (int b = 0; b < 8; b++) {
             header[b] = (uint8_t)(seq >> (56 - 8 * b));
@@ -379,14 +389,9 @@ static int check_items(item_t *items, Py_ssize_t n, uint64_t first, uint8_t prev
         SHA256_CTX c = seeded;
         SHA256_Update(&c, prev, HASH);
         SHA256_Update(&c, header, sizeof header);
-        SHA256_Update(&c, event, (size_t)len);
+        SHA256_Update(&c, PyBytes_AS_STRING(it->event), (size_t)len);
         SHA256_Final(prev, &c);
         if (memcmp(prev, PyBytes_AS_STRING(it->chain), HASH))
-            return 0;
-        decoded_t *d = &it->d;
-        if (!decode_event(event, len, d) || d->ev[E_SEQ].u != seq ||
-            d->ev[E_AGENT_ID].n != agent_n || memcmp(d->ev[E_AGENT_ID].p, agent, agent_n) ||
-            d->ev[E_CLIENT].n != client_n || memcmp(d->ev[E_CLIENT].p, client, client_n))
             return 0;
         leaf_in[0] = 0;
         memcpy(leaf_in + 1, header, 8);
