@@ -45,12 +45,12 @@ from policies.compile import compile_agreement
 from policies.load import load_agreement
 from protos.evidence.chain import Link
 from protos.wire import pb
+from server.batch_checks import to_record
 from server.detect.engine import Detector
 from server.detect.events import observation
 from server.detect.model import Observation
 from server.detect.rules import ClientView, Rules
 from server.detect.state import RuleState
-from server.ingest import to_record
 from server.store import AgentRow, StoredRecord, open_store
 from server.store.incidents import IncidentStore
 

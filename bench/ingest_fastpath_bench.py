@@ -1,6 +1,6 @@
 """Ingest's per-batch verify-and-parse, per event: `read_batch` against the step-by-step path.
 
-`server.ingest.read_batch` (the fast path the server tries first) against `check_batch` +
+`server.batch_checks.read_batch` (the fast path the server tries first) against `check_batch` +
 `parse_records` + `record_leaves` (the Python reference it falls back to), on batches of
 access events with every field set, with observations (the server's detector is on); a
 batch holding one grant event (fast path refused, then the reference); and MerkleTree.extend
@@ -26,7 +26,7 @@ from protos.evidence.keychain import EpochKey, KeyChain
 from protos.evidence.merkle import MerkleTree, record_leaves
 from protos.evidence.origins import agent_origin
 from protos.wire import pb
-from server.ingest import StreamState, check_batch, parse_records, read_batch
+from server.batch_checks import StreamState, check_batch, parse_records, read_batch
 
 AGENT, CLIENT = "clinic-01", "clinic"
 MAX_EVENTS = 1 << 16

@@ -3,11 +3,11 @@
  * `hash_pairs(pairs)` hashes consecutive 64-byte (left, right) pairs into their RFC 6962
  * interior nodes, SHA-256(0x01 || left || right), without the GIL (MerkleTree.extend).
  *
- * `read_access_batch(...)` is server.ingest.read_batch for a batch of access events: in one
+ * `read_access_batch(...)` is server.batch_checks.read_batch for a batch of access events: in one
  * pass it checks the records' seqs and chain hashes from the stored head, decodes each
  * custodes.v1.Event by hand (Event -> AccessDecision -> Subject, Object), checks it names
  * this agent, client and seq, and hashes its RFC 6962 leaf; then it builds the StoredRecord
- * and Observation tuples exactly as server.ingest.access_record and
+ * and Observation tuples exactly as server.batch_checks.access_record and
  * server.detect.events.access_observation do. All hashing, decoding and UTF-8 validation run
  * without the GIL (the whole batch first), the Python objects after.
  *

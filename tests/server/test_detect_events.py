@@ -15,9 +15,9 @@ import pytest
 from protos.evidence.chain import Link
 from protos.evidence.keychain import EpochKey, KeyChain
 from protos.evidence.origins import agent_origin
+from server.batch_checks import StreamState, parse_records
 from server.detect.events import observation
 from server.detect.model import Observation
-from server.ingest import StreamState, parse_records
 from server.store import Store, StoredRecord
 from tests.server.scenarios.harness import Run, expected, scenario_files, summarise
 

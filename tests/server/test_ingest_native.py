@@ -23,8 +23,7 @@ from protos.evidence.keychain import EpochKey, KeyChain
 from protos.evidence.merkle import record_leaves
 from protos.evidence.origins import agent_origin
 from protos.wire import pb
-from server.detect.model import Observation
-from server.ingest import (
+from server.batch_checks import (
     RefusedError,
     StreamState,
     check_batch,
@@ -33,6 +32,7 @@ from server.ingest import (
     read_batch,
     wire_fields,
 )
+from server.detect.model import Observation
 from server.store import StoredRecord
 
 AGENT, CLIENT = "clinic-01", "clinic"

@@ -17,7 +17,7 @@ from protos.evidence.keychain import EpochKey, KeyChain
 from protos.evidence.merkle import record_leaves
 from protos.evidence.origins import agent_origin
 from protos.wire import pb
-from server.ingest import RefusedError, StreamState, check_batch, parse_records, read_batch
+from server.batch_checks import RefusedError, StreamState, check_batch, parse_records, read_batch
 
 AGENT, CLIENT = "clinic-01", "clinic"
 MAX_EVENTS = 4096

@@ -4,7 +4,7 @@ A scenario names an agreement (policies/agreements/NAME.yaml), a start instant, 
 events (times in seconds from the start; `repeat` with `{i}` in strings), integrity notes,
 ticks, and the exact incidents expected (rule, subject, area, evidence, files,
 individuals, kinds). Events become serialised `custodes.v1.Event` bytes and StoredRecords
-exactly as ingest makes them (`server.ingest.to_record`).
+exactly as ingest makes them (`server.batch_checks.to_record`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from policies.compile import CompiledAgreement, compile_agreement
 from policies.load import load_agreement
 from protos.evidence.chain import Link
 from protos.wire import pb
+from server.batch_checks import to_record
 from server.detect.engine import Detector
-from server.ingest import to_record
 from server.store import AgentRow, Store, StoredRecord
 
 ROOT = Path(__file__).resolve().parents[3]
