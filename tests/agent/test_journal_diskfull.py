@@ -100,12 +100,17 @@ def test_disk_full_keeps_answering_and_writes_a_loss_marker_when_space_returns(
     finally:
         j.close()
 
-    losses = [e for e in events(tiny_fs) if e.WhichOneof("body") == "loss"]
-    assert len(losses) == 1
-    loss = losses[0].loss
-    assert loss.cause == "disk full"
-    assert loss.lost == stats.lost
-    assert first <= loss.first_unix_nanos <= loss.last_unix_nanos
+    # Usually one marker; two when the space the journal freed by cutting back a failed
+    # write let a marker in before the disk filled again. Either way every lost event is
+    # counted by exactly one marker, in order.
+    losses = [e.loss for e in events(tiny_fs) if e.WhichOneof("body") == "loss"]
+    assert losses
+    assert all(loss.cause == "disk full" for loss in losses)
+    lost = sum(loss.lost for loss in losses)
+    assert lost == stats.lost
+    spans = [(loss.first_unix_nanos, loss.last_unix_nanos) for loss in losses]
+    assert all(first <= a <= b for a, b in spans)
+    assert all(spans[i][1] <= spans[i + 1][0] for i in range(len(spans) - 1))
     report = verify_journal(tiny_fs, epoch_verifier(keys, 0), origin=NAME)
     assert report.ok, report.problem
-    assert report.denies == n - loss.lost  # every deny is journaled or counted as lost
+    assert report.denies == n - lost  # every deny is journaled or counted as lost
