@@ -67,7 +67,7 @@ async def incidents_page(request: web.Request) -> web.StreamResponse:
         title="Incidents",
         q=q,
         states=list(views.QUEUE_STATES),
-        first_page=not request.query.get("after"),
+        first_page=QueueCursor.parse(request.query.get("after")) is None,
         **data,
     )
 

@@ -229,7 +229,7 @@ async def requests_page(request: web.Request) -> web.StreamResponse:
         "requests.html",
         title="Access requests",
         q=q,
-        first_page=not request.query.get("after"),
+        first_page=views.RequestCursor.parse(request.query.get("after")) is None,
         **data,
     )
 

@@ -371,7 +371,8 @@ class RequestCursor:
     def parse(cls, text: str | None) -> RequestCursor | None:
         """A cursor back from `text` (None when absent or malformed)."""
         created, _, ident = (text or "")[:200].partition(":")
-        if not created.isdigit() or len(created) > 18 or not ident:  # 18 digits: a BIGINT
+        # ASCII digits only (str.isdigit also takes '²', which int() refuses); 18: a BIGINT
+        if not (created.isascii() and created.isdigit()) or len(created) > 18 or not ident:
             return None
         return cls(int(created), ident)
 

@@ -90,7 +90,8 @@ class QueueCursor:
         """A cursor back from `text` (None when absent or malformed)."""
         group, _, rest = (text or "")[:80].partition(":")
         aware, _, ident = rest.rpartition(":")
-        if not ident.isdigit() or len(ident) > 18:  # 18 digits: a BIGINT (more: a 500)
+        # ASCII digits only (str.isdigit also takes '²', which int() refuses); 18: a BIGINT
+        if not (ident.isascii() and ident.isdigit()) or len(ident) > 18:
             return None
         if group == "D" and not aware:
             return cls(False, 0.0, int(ident))

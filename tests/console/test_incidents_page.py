@@ -288,5 +288,5 @@ def test_the_decided_total_is_shown_bounded(
 
 def test_an_out_of_range_cursor_is_not_a_server_error(http: Http, world: World) -> None:
     http.sign_in("auditor")
-    for after in ("D:" + "9" * 30, "U:1.0:" + "9" * 30):
+    for after in ("D:" + "9" * 30, "U:1.0:" + "9" * 30, "D:%C2%B2", "U:1.0:%C2%B2"):  # "²"
         assert http.get(f"/incidents?after={after}").status == 200

@@ -85,10 +85,16 @@ def test_a_technician_sees_only_their_own_requests(http: Http, world: World) -> 
     assert set(seen) - {f"jit-old{i:03d}" for i in order} <= {world.ids["request"]}  # their own
 
 
-@pytest.mark.parametrize("after", ["x", "123", ":jit-old001", "99999999999999999999:z" * 20])
+# "%C2%B2" is "²": a digit to str.isdigit that int() refuses.
+@pytest.mark.parametrize(
+    "after", ["x", "123", ":jit-old001", "99999999999999999999:z" * 20, "%C2%B2:x"]
+)
 def test_a_malformed_cursor_starts_from_the_first_page_or_reads_nothing(
     http: Http, world: World, after: str
 ) -> None:
     http.sign_in("auditor")
     reply: Any = http.get(f"/requests?client={OTHER}&after={after}")
     assert reply.status == 200
+    # Read as no cursor, so shown as the first page (pending and live first), not as a
+    # continuation.
+    assert "History, continued" not in reply.text
