@@ -196,9 +196,11 @@ static int valid_utf8(const uint8_t *p, Py_ssize_t n) {
 /* Decode one message's fields into `out` (indexed by slot); 0 on anything not plain. */
 static int decode_message(const message_t *m, const uint8_t *p, Py_ssize_t n, value_t *out,
                           uint32_t *kinds) {
-    const uint8_t *end = p + n;
     uint32_t seen = 0;
     memset(out, 0, sizeof(value_t) * (size_t)m->count);
+    if (!n)
+        return 1; /* empty or absent (p may be NULL): all defaults */
+    const uint8_t *end = p + n;
     while (p < end) {
         uint64_t tag;
         int used = read_varint(p, end, &tag);
@@ -267,7 +269,23 @@ static PyObject *s_access, *s_seq, *s_event, *s_chain_hash;
 static SHA256_CTX seeded; /* SHA-256 fed the chain's domain */
 static int configured;
 
-static int check_tuple_type(PyObject *t, Py_ssize_t fields, const char *what) {
+/* The fields build() fills, by position: configure() checks the types' _fields against them,
+ * so a reordered or renamed StoredRecord or Observation fails at import, not silently. */
+static const char *const RECORD_NAMES[] = {
+    "agent_id",   "seq",     "event", "chain_hash", "client",  "unix_nanos", "kind",
+    "technician", "account", "area",  "action",     "verdict", "rule",       "path",
+};
+static const char *const OBSERVATION_NAMES[] = {
+    "agent_id", "seq", "client", "unix_nanos", "kind", "technician", "principal", "account",
+    "uid", "login_account", "loginuid", "area", "action", "verdict", "rule", "path", "kinds",
+    "individuals_estimate", "grant_id", "grant_kind", "agreement_version",
+    "agreement_accepted", "detail",
+};
+#define RECORD_FIELDS ((Py_ssize_t)(sizeof RECORD_NAMES / sizeof *RECORD_NAMES))
+#define OBSERVATION_FIELDS ((Py_ssize_t)(sizeof OBSERVATION_NAMES / sizeof *OBSERVATION_NAMES))
+
+static int check_tuple_type(PyObject *t, const char *const *expected, Py_ssize_t fields,
+                            const char *what) {
     if (!PyType_Check(t) || !PyType_IsSubtype((PyTypeObject *)t, &PyTuple_Type) ||
         ((PyTypeObject *)t)->tp_dictoffset != 0) {
         PyErr_Format(PyExc_TypeError, "%s must be a NamedTuple type without a __dict__", what);
@@ -276,18 +294,20 @@ static int check_tuple_type(PyObject *t, Py_ssize_t fields, const char *what) {
     PyObject *names = PyObject_GetAttrString(t, "_fields");
     if (!names)
         return 0;
-    Py_ssize_t n = PyObject_Length(names);
-    Py_DECREF(names);
-    if (n != fields) {
-        if (n >= 0)
-            PyErr_Format(PyExc_TypeError, "%s has %zd fields, expected %zd", what, n, fields);
-        return 0;
+    int ok = PyTuple_Check(names) && PyTuple_GET_SIZE(names) == fields;
+    for (Py_ssize_t i = 0; ok && i < fields; i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        ok = PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, expected[i]) == 0;
     }
-    return 1;
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s has the fields %R; expected these %zd in the order "
+                     "protos/evidence/_native.c builds them (update it and rebuild)",
+                     what, names, fields);
+    }
+    Py_DECREF(names);
+    return ok;
 }
-
-#define RECORD_FIELDS 14
-#define OBSERVATION_FIELDS 23
 
 static PyObject *configure(PyObject *self, PyObject *args) {
     PyObject *rec, *obs, *act, *ver;
@@ -296,8 +316,8 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOO!O!y*:configure", &rec, &obs, &PyDict_Type, &act, &PyDict_Type,
                           &ver, &domain))
         return NULL;
-    if (!check_tuple_type(rec, RECORD_FIELDS, "the record type") ||
-        !check_tuple_type(obs, OBSERVATION_FIELDS, "the observation type")) {
+    if (!check_tuple_type(rec, RECORD_NAMES, RECORD_FIELDS, "the record type") ||
+        !check_tuple_type(obs, OBSERVATION_NAMES, OBSERVATION_FIELDS, "the observation type")) {
         PyBuffer_Release(&domain);
         return NULL;
     }
@@ -373,8 +393,9 @@ static int check_items(item_t *items, Py_ssize_t n, uint64_t first, uint8_t prev
         if (!decode_event((const uint8_t *)PyBytes_AS_STRING(items[i].event),
                           PyBytes_GET_SIZE(items[i].event), d) ||
             d->ev[E_SEQ].u != first + (uint64_t)i || d->ev[E_AGENT_ID].n != agent_n ||
-            memcmp(d->ev[E_AGENT_ID].p, agent, agent_n) || d->ev[E_CLIENT].n != client_n ||
-            memcmp(d->ev[E_CLIENT].p, client, client_n))
+            (agent_n && memcmp(d->ev[E_AGENT_ID].p, agent, agent_n)) ||
+            d->ev[E_CLIENT].n != client_n ||
+            (client_n && memcmp(d->ev[E_CLIENT].p, client, client_n)))
             return 0;
     }
     uint8_t header[16], leaf_in[1 + 8 + HASH];
@@ -414,7 +435,7 @@ static PyObject *text(strcache_t *c, const value_t *v, int none_if_empty) {
         if (none_if_empty)
             Py_RETURN_NONE;
     }
-    if (c && c->s && c->n == v->n && !memcmp(c->p, v->p, v->n))
+    if (c && c->s && c->n == v->n && (!v->n || !memcmp(c->p, v->p, v->n)))
         return Py_NewRef(c->s);
     PyObject *s = PyUnicode_DecodeUTF8((const char *)v->p, v->n, NULL);
     if (s && c) {
@@ -667,10 +688,17 @@ done:
 
 /* ---- flat_rows ------------------------------------------------------------------------- */
 
+/* A bytearray copy of bytes or another buffer (TypeError for anything else). Only C runs
+ * here, never Python code that could change the lists flat_rows borrows from. */
 static PyObject *blob(PyObject *b) {
-    if (!PyBytes_Check(b))
-        return PyByteArray_FromObject(b);
-    return PyByteArray_FromStringAndSize(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b));
+    if (PyBytes_Check(b))
+        return PyByteArray_FromStringAndSize(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b));
+    Py_buffer view;
+    if (PyObject_GetBuffer(b, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *out = PyByteArray_FromStringAndSize(view.buf, view.len);
+    PyBuffer_Release(&view);
+    return out;
 }
 
 /* The bound values of a multi-row INSERT, row after row: each record's first two fields,

@@ -51,6 +51,8 @@ def test_flat_rows_spreads_records_and_leaves_into_sqlite_parameters() -> None:
         ([("a", 1, b"e", b"h")], [], ValueError),
         ([("a", 1, b"e", b"h"), ("a", 2, b"e", b"h", "c")], [b"l", b"l"], TypeError),
         ([("a", 1, b"e")], [b"l"], TypeError),
+        ([("a", 1, b"e", b"h")], [7], TypeError),  # a blob must be bytes or a buffer
+        ([("a", 1, ["e"], b"h")], [b"l"], TypeError),
     ],
 )
 def test_flat_rows_refuses_rows_it_cannot_spread(
@@ -58,3 +60,8 @@ def test_flat_rows_refuses_rows_it_cannot_spread(
 ) -> None:
     with pytest.raises(error):
         flat_rows(records, leaves)  # type: ignore[arg-type]
+
+
+def test_flat_rows_takes_any_buffer_as_a_blob() -> None:
+    got = flat_rows([("a", 1, memoryview(b"ev"), bytearray(b"h"))], [b"l"])
+    assert got == ["a", 1, bytearray(b"ev"), bytearray(b"h"), bytearray(b"l")]

@@ -11,7 +11,7 @@ not keep.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -82,6 +82,21 @@ def access_fields(draw: st.DrawFn) -> dict[str, Any]:
         "mode": draw(enums),
         "parts": draw(st.sampled_from(["both", "subject", "object", "none"])),
     }
+
+
+PLAIN: dict[str, Any] = {
+    "boot_id": "b",
+    "unix_nanos": 1,
+    "subject": {"technician": "tech1", "os_user": "root", "loginuid": 1001},
+    "object": {"path": "/srv/clinic/a.pdf", "area": "records", "kinds": ["health"]},
+    "action": 1,
+    "verdict": 1,
+    "mode": 1,
+    "reason": "",
+    "rule": "grant",
+    "grant_id": "",
+    "parts": "both",
+}
 
 
 def _event(seq: int, f: dict[str, Any]) -> bytes:
@@ -290,9 +305,7 @@ def _other(seq: int, kind: str) -> bytes:
 
 @pytest.mark.parametrize("kind", ["grant", "key_rotated", "started", "none"])
 def test_a_batch_with_another_kind_of_event_is_left_to_python(kind: str) -> None:
-    plain = {"boot_id": "b", "unix_nanos": 1, "subject": {}, "object": {}, "action": 1}
-    plain |= {"verdict": 1, "mode": 1, "reason": "", "rule": "", "grant_id": "", "parts": "none"}
-    events = [_event(0, plain), _other(1, kind), _event(2, plain)]
+    events = [_event(0, PLAIN), _other(1, kind), _event(2, PLAIN)]
     batch = _batch(events)
     assert _fast(batch, True) is None
     assert _reference(batch, True) is not None
@@ -311,3 +324,19 @@ def test_a_decoder_that_drifted_from_the_proto_is_an_error(
     monkeypatch.setattr(_native, "FIELDS", tuple(drifted))
     with pytest.raises(RuntimeError, match="cmdline"):
         check_native_fields()
+
+
+def test_record_types_in_another_field_order_are_refused_at_configure() -> None:
+    """The C path fills the tuples by position: a reordered type must not pass silently."""
+    fields = list(StoredRecord._fields)
+    fields[7], fields[8] = fields[8], fields[7]  # technician <-> account
+    reordered = NamedTuple("Reordered", [(f, object) for f in fields])  # type: ignore[misc]
+    with pytest.raises(TypeError, match="technician"):
+        _native.configure(reordered, Observation, {}, {}, b"")
+    fewer = NamedTuple("Fewer", [(f, object) for f in Observation._fields[:-1]])  # type: ignore[misc]
+    with pytest.raises(TypeError, match="observation"):
+        _native.configure(StoredRecord, fewer, {}, {}, b"")
+    batch = _batch([_event(0, PLAIN)])
+    fast = _fast(batch, True)
+    assert fast is not None
+    assert fast == _reference(batch, True)  # the configuration stayed as it was
