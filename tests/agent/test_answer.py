@@ -108,9 +108,8 @@ def test_staff_go_by_in_c_and_a_technician_is_handed_over_with_path_and_flags(
         events, allowed, exempt, errors, _ = answerer.counters()
         assert (events, allowed, exempt, errors) == (3, 3, 0, 0)
         assert driver.slow == []
-        assert run_opener("w", files[1], user=tech) == ["ok"]
-    assert len(driver.slow) == 1
-    mask, _efd, _pid, uid, loginuid, path, flags, access, kind, remembered = driver.slow[0]
+        entry = opened_read_in_c(driver, "w", files[1], tech)
+    mask, _efd, _pid, uid, loginuid, path, flags, access, kind, remembered = entry
     assert mask & fan.FAN_OPEN_PERM
     assert uid == tech.pw_uid
     assert loginuid is None or loginuid == os.getuid()  # the test's own login, inherited
@@ -118,7 +117,30 @@ def test_staff_go_by_in_c_and_a_technician_is_handed_over_with_path_and_flags(
     assert flags >= 0
     assert flags & os.O_ACCMODE == os.O_WRONLY
     assert (access, kind, remembered) == (ans.ACCESS_WRITE, ans.KIND_TECHNICIAN, None)
-    assert answerer.counters()[0] == 4
+    assert answerer.counters()[0] == 3 + len(driver.slow)
+
+
+def opened_read_in_c(
+    driver: Driver, mode: str, path: str, user: pwd.struct_passwd, tries: int = 5
+) -> Event:
+    """Open `path` as `user` until C reads the open's flags (at most `tries` opens); return
+    that handed-over event.
+
+    C reads /proc/TID/syscall once the opener sleeps in the open; if the opener is still
+    running after the bounded yields (a loaded machine), C leaves the flags unread and the
+    access to a stat, and Python reads them itself — the design, checked here for every
+    open that went that way.
+    """
+    for _ in range(tries):
+        before = len(driver.slow)
+        assert run_opener(mode, path, user=user) == ["ok"]
+        assert len(driver.slow) == before + 1
+        entry = driver.slow[-1]
+        flags, access = entry[6], entry[7]
+        if flags != ans.FLAGS_UNREAD:
+            return entry
+        assert access == ans.ACCESS_STAT  # left to Python, as documented
+    raise AssertionError(f"C never read the open flags in {tries} opens")
 
 
 @pytest.mark.parametrize(
@@ -136,8 +158,8 @@ def test_the_open_flags_and_the_access_are_read_in_c(
     tech = accounts[TECH]
     with gated(Path(files[0]).parent) as (answerer, group), Driver(answerer, group) as driver:
         answerer.set_identities([tech.pw_uid], [])
-        assert run_opener(mode, files[0], user=tech) == ["ok"]
-    [(_mask, _efd, _pid, _uid, _login, _path, flags, got, _kind, _known)] = driver.slow
+        entry = opened_read_in_c(driver, mode, files[0], tech)
+    _mask, _efd, _pid, _uid, _login, _path, flags, got, _kind, _known = entry
     assert got == access
     assert flags & flag == flag
     assert flags & os.O_ACCMODE == (os.O_WRONLY if mode in "wc" else os.O_RDONLY)
