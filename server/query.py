@@ -98,7 +98,7 @@ def agent_line(agent: AgentRow, now_unix: float) -> str:
         f"mode={mode}",
         f"marks={beat.marks}",
         f"agreement={beat.agreement_version or '-'}",
-        f"memory={_footprint(beat)}",
+        f"memory={agent_memory(beat)}",
         f"last_seen={_ago(agent.last_seen_unix, now_unix)}",
         agent.hostname,
     ]
@@ -107,9 +107,10 @@ def agent_line(agent: AgentRow, now_unix: float) -> str:
     return "\t".join(parts)
 
 
-def _footprint(beat: pb.Heartbeat) -> str:
-    """The agent's resident memory as its heartbeat reports it: the gating daemon, plus the
-    shipping child when there is one (an older agent reports the daemon only)."""
+def agent_memory(beat: pb.Heartbeat) -> str:
+    """The agent's resident memory as its heartbeat reports it, `DAEMON+CHILD` in MiB: the
+    gating daemon, plus the shipping child when there is one (an older agent reports the
+    daemon only); "-" when the heartbeat has none."""
     if not beat.rss_bytes:
         return "-"
     daemon = f"{beat.rss_bytes / 2**20:.1f}MiB"

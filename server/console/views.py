@@ -21,6 +21,7 @@ from server.access import Person, Request, Role, State
 from server.console import rights
 from server.incidents.model import ASSESSMENT_DAYS, DAY_S, Incident
 from server.incidents.model import State as IncidentState
+from server.query import agent_memory
 from server.store.access import AccessStore
 from server.store.base import EventCursor, Store, StoredRecord
 from server.store.console import UNDECIDED_STATES, ConsoleStore, IncidentBrief, QueueCursor
@@ -107,6 +108,7 @@ class AgentHealth:
     agreement_version: str
     stored: int
     verified_to: int
+    memory: str  # the gating daemon's RSS + the shipping child's, from the last heartbeat
 
 
 def agent_health(src: Sources, client: str, now: int) -> list[AgentHealth]:
@@ -115,7 +117,7 @@ def agent_health(src: Sources, client: str, now: int) -> list[AgentHealth]:
     sizes = src.console.latest_checkpoint_sizes()
     out = []
     for a in src.store.list_agents(client):
-        mode, version = "", ""
+        mode, version, memory = "", "", "-"
         if a.last_heartbeat:
             try:
                 hb = pb.Heartbeat.FromString(a.last_heartbeat)
@@ -123,6 +125,7 @@ def agent_health(src: Sources, client: str, now: int) -> list[AgentHealth]:
                 if hb.mode_note:
                     mode += f" ({hb.mode_note})"
                 version = hb.agreement_version
+                memory = agent_memory(hb)
             except Exception:
                 mode = "unreadable heartbeat"
         if a.revoked_unix is not None:
@@ -143,6 +146,7 @@ def agent_health(src: Sources, client: str, now: int) -> list[AgentHealth]:
                 version or "not reported",
                 a.next_seq,
                 sizes.get(a.agent_id, 0),
+                memory,
             )
         )
     return out

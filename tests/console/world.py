@@ -140,7 +140,12 @@ def add_agent(store: Store, agent_id: str, client: str) -> None:
             f"{agent_id}.lan",
         )
     )
-    heartbeat = pb.Heartbeat(mode=pb.GATE_MODE_ENFORCING, agreement_version="v1")
+    heartbeat = pb.Heartbeat(
+        mode=pb.GATE_MODE_ENFORCING,
+        agreement_version="v1",
+        rss_bytes=38 * 2**20,  # the gating daemon
+        shipper_rss_bytes=53 * 2**20,  # its shipping child
+    )
     store.touch_agent(agent_id, int(time.time()), heartbeat.SerializeToString())
 
 
