@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from protos.errors import CustodesError
 from protos.evidence.keys import load_private_key
 from protos.evidence.note import NoteSigner
 from protos.wire import pb, rpc
@@ -265,6 +266,19 @@ class Running:
         await asyncio.gather(self.main.stop(grace), self.enrolment.stop(grace))
 
 
+def _listen(server: grpc.aio.Server, address: str, creds: grpc.ServerCredentials, flag: str) -> int:
+    """Bind `address` for `server` (TLS); the port bound. CustodesError when it cannot be
+    bound (grpc says only RuntimeError: taken by another process, or not this machine's)."""
+    try:
+        return int(server.add_secure_port(address, creds))
+    except RuntimeError as exc:
+        raise CustodesError(
+            f"cannot listen on {address} ({flag}): the port is in use by another process, "
+            "or the address is not one of this machine's",
+            hint=f"stop what holds the port, or give {flag} another HOST:PORT",
+        ) from exc
+
+
 async def start(options: ServerOptions, db: ThreadPoolExecutor) -> Running:
     """Open the store, bind both listeners and start serving."""
     data = options.data
@@ -300,16 +314,25 @@ async def start(options: ServerOptions, db: ThreadPoolExecutor) -> Running:
     )
     rpc.add_QueryServicer_to_server(QueryService(rt), main)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, main)
-    main_port = main.add_secure_port(
-        options.listen, server_credentials(data, require_client_cert=True)
+    main_port = _listen(
+        main, options.listen, server_credentials(data, require_client_cert=True), "--listen"
     )
 
     enrolment = grpc.aio.server(options=grpc_options, maximum_concurrent_rpcs=64)
     rpc.add_EnrollmentServicer_to_server(EnrollmentService(rt), enrolment)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, enrolment)
-    enrol_port = enrolment.add_secure_port(
-        options.enrol_address(), server_credentials(data, require_client_cert=False)
+    enrol_port = _listen(
+        enrolment,
+        options.enrol_address(),
+        server_credentials(data, require_client_cert=False),
+        "--enrol-listen",
     )
+    # The console binds first: a port it cannot have stops the start before anything runs.
+    console = None
+    if options.console is not None:
+        from server.console import app as console_app  # noqa: PLC0415 - aiohttp only when used
+
+        console = await console_app.start(rt, jit, options.console)
     await main.start()
     await enrolment.start()
     jit.start()
@@ -322,11 +345,6 @@ async def start(options: ServerOptions, db: ThreadPoolExecutor) -> Running:
         "custodes.v1.Access",
     ):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    console = None
-    if options.console is not None:
-        from server.console import app as console_app  # noqa: PLC0415 - aiohttp only when used
-
-        console = await console_app.start(rt, jit, options.console)
     return Running(
         main, enrolment, health_servicer, main_port, enrol_port, rt, jit, detection, console
     )

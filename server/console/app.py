@@ -309,7 +309,14 @@ async def start(rt: Runtime, jit: AccessRuntime | None, options: ConsoleOptions)
     await runner.setup()
     context = _ssl_context(rt, options) if secure else None
     site = web.TCPSite(runner, host, port, ssl_context=context, backlog=128)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConsoleError(
+            f"cannot listen on {options.listen} (--console): {exc.strerror or exc}",
+            hint="stop what holds the port, or give --console another HOST:PORT",
+        ) from exc
     server: Any = site._server
     bound = int(server.sockets[0].getsockname()[1]) if server and server.sockets else port
     shown = f"[{host}]" if ":" in host else host

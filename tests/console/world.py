@@ -254,31 +254,14 @@ class ConsoleServer(ServerProc):
     def console_url(self) -> str:
         return f"{'http' if self.insecure else 'https'}://127.0.0.1:{self.console_port}"
 
-    def start(self) -> None:
+    def new_ports(self) -> None:
+        super().new_ports()
+        self.console_port = free_port()
+
+    def extra_args(self) -> list[str]:
         self.console_port = self.console_port or free_port()
-        self.log = self.data / f"server-{time.monotonic_ns()}.log"
-        cmd = [
-            *CUSTODES,
-            "--log-format",
-            "json",
-            "server",
-            "run",
-            "--data",
-            str(self.data),
-            "--listen",
-            self.address,
-            "--enrol-listen",
-            f"127.0.0.1:{self.enrol_port}",
-            "--console",
-            f"127.0.0.1:{self.console_port}",
-        ]
-        if self.insecure:
-            cmd.append("--console-insecure-http")
-        if self.database:
-            cmd += ["--database", self.database]
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        self.wait_serving()
+        args = ["--console", f"127.0.0.1:{self.console_port}"]
+        return [*args, "--console-insecure-http"] if self.insecure else args
 
 
 def make_people(data: Path, people: dict[str, list[str]], client_for_tech: str = "") -> None:

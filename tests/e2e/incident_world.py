@@ -117,27 +117,8 @@ class DetectingServer(ServerProc):
 
     extra: list[str] = field(default_factory=lambda: ["--detect-seconds", DETECT_SECONDS])
 
-    def start(self) -> None:
-        self.log = self.data / f"server-{time.monotonic_ns()}.log"
-        cmd = [
-            *CUSTODES,
-            "--log-format",
-            "json",
-            "server",
-            "run",
-            "--data",
-            str(self.data),
-            "--listen",
-            self.address,
-            "--enrol-listen",
-            f"127.0.0.1:{self.enrol_port}",
-            *self.extra,
-        ]
-        if self.database:
-            cmd += ["--database", self.database]
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        self.wait_serving()
+    def extra_args(self) -> list[str]:
+        return self.extra
 
 
 @dataclass

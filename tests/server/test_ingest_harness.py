@@ -58,6 +58,7 @@ class ServerProc:
     enrol_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    served: bool = False  # it has served on these ports (restarts keep them: agents know them)
 
     @property
     def address(self) -> str:
@@ -68,6 +69,30 @@ class ServerProc:
         cli("server", "init", "--data", str(self.data), *extra)
 
     def start(self) -> None:
+        """Start the server and wait until it serves. free_port's ports are only free when
+        picked: if another process took one meanwhile (the server then says it cannot
+        listen), a first start picks new ones, at most three times."""
+        for attempt in range(3):
+            self.spawn()
+            try:
+                self.wait_serving()
+            except AssertionError:
+                if attempt == 2 or self.served or "cannot listen on" not in self.log_text():
+                    raise
+                self.new_ports()
+                continue
+            self.served = True
+            return
+
+    def new_ports(self) -> None:
+        """Pick new free ports for a first start that could not listen."""
+        self.port, self.enrol_port = free_port(), free_port()
+
+    def extra_args(self) -> list[str]:
+        """Options of `server run` beyond the data directory, listeners and database."""
+        return []
+
+    def spawn(self) -> None:
         self.log = self.data / f"server-{time.monotonic_ns()}.log"
         cmd = [
             *CUSTODES,
@@ -81,12 +106,12 @@ class ServerProc:
             self.address,
             "--enrol-listen",
             f"127.0.0.1:{self.enrol_port}",
+            *self.extra_args(),
         ]
         if self.database:
             cmd += ["--database", self.database]
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        self.wait_serving()
 
     def wait_serving(self) -> None:
         ca = (self.data / "ca" / "ca.crt").read_bytes()
