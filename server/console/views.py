@@ -24,7 +24,13 @@ from server.incidents.model import State as IncidentState
 from server.query import agent_memory
 from server.store.access import AccessStore
 from server.store.base import EventCursor, Store, StoredRecord
-from server.store.console import UNDECIDED_STATES, ConsoleStore, IncidentBrief, QueueCursor
+from server.store.console import (
+    UNDECIDED_STATES,
+    ConsoleStore,
+    IncidentBrief,
+    QueueCursor,
+    is_bigint_text,
+)
 from server.store.incidents import IncidentStore
 
 NANOS = 1_000_000_000
@@ -375,8 +381,7 @@ class RequestCursor:
     def parse(cls, text: str | None) -> RequestCursor | None:
         """A cursor back from `text` (None when absent or malformed)."""
         created, _, ident = (text or "")[:200].partition(":")
-        # ASCII digits only (str.isdigit also takes '²', which int() refuses); 18: a BIGINT
-        if not (created.isascii() and created.isdigit()) or len(created) > 18 or not ident:
+        if not is_bigint_text(created) or not ident:
             return None
         return cls(int(created), ident)
 

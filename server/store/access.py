@@ -88,8 +88,10 @@ def _request_filter(
     requester: str | None,
     states: Sequence[State],
     touching: tuple[int, int] | None,
+    more: Sequence[tuple[str, Sequence[object]]] = (),
 ) -> tuple[str, list[object]]:
-    """The WHERE clause (or "") and its parameters for `list_requests`' filters."""
+    """The WHERE clause (or "") and its parameters for `list_requests`' filters, and for
+    `more` conditions (each with its parameters) after them."""
     where: list[str] = []
     params: list[object] = []
     if client is not None:
@@ -110,6 +112,9 @@ def _request_filter(
             " OR (created_unix >= ? AND created_unix < ?))"
         )
         params.extend((lo - REQUEST_REACH, hi + _START_SKEW, hi, lo, lo, hi))
+    for condition, values in more:
+        where.append(condition)
+        params.extend(values)
     return (f" WHERE {' AND '.join(where)}" if where else ""), params
 
 
@@ -119,18 +124,19 @@ def ended_filter(
     """The WHERE clause and parameters of `ended_requests`: walked down
     access_requests_newest, or access_requests_by_created for one client,
     access_requests_by_requester for one requester, from `after` on."""
-    clause, params = _request_filter(client, requester, (), None)
     # Every state but pending is ended (access.ENDED) or approved: "not pending, not a live
     # grant", spelt with terms no index serves, so the walk stays on the creation order (an
     # IN over the ended states led SQLite to read every ended request through the state
     # index and sort them all for one page).
-    where = ["state <> ? AND NOT (state = ? AND end_unix > ?)"]
-    params += [State.PENDING.value, State.APPROVED.value, now_unix]
+    more: list[tuple[str, Sequence[object]]] = [
+        (
+            "state <> ? AND NOT (state = ? AND end_unix > ?)",
+            (State.PENDING.value, State.APPROVED.value, now_unix),
+        )
+    ]
     if after is not None:
-        where.append("(created_unix, id) < (?, ?)")
-        params += after
-    joined = " AND ".join(where)
-    return (f"{clause} AND {joined}" if clause else f" WHERE {joined}"), params
+        more.append(("(created_unix, id) < (?, ?)", after))
+    return _request_filter(client, requester, (), None, more)
 
 
 class AccessStore(StorePart):
@@ -380,10 +386,9 @@ class AccessStore(StorePart):
         """Requests still pending before their deadline and approved grants not yet ended at
         `now_unix`, newest first, at most `limit` (both lapse within days: the sweep ends
         them; access_requests_by_state or access_requests_by_client finds them)."""
-        clause, params = _request_filter(client, requester, (), None)
         live = "((state = ? AND pending_until_unix > ?) OR (state = ? AND end_unix > ?))"
-        params += [State.PENDING.value, now_unix, State.APPROVED.value, now_unix]
-        clause = f"{clause} AND {live}" if clause else f" WHERE {live}"
+        values = (State.PENDING.value, now_unix, State.APPROVED.value, now_unix)
+        clause, params = _request_filter(client, requester, (), None, [(live, values)])
         return self._requests(clause + " ORDER BY created_unix DESC, id", params, limit)
 
     def ended_requests(

@@ -73,6 +73,12 @@ class IncidentBrief:
     individuals: int = 0
 
 
+def is_bigint_text(text: str) -> bool:
+    """Whether `text` is a page cursor's id: ASCII digits only (str.isdigit also takes '²',
+    which int() refuses), at most 18 of them (a BIGINT; more was a server error)."""
+    return 0 < len(text) <= 18 and text.isascii() and text.isdigit()
+
+
 @dataclass(frozen=True, slots=True)
 class QueueCursor:
     """Where a page of the incident queue ended: the last incident shown, in its group."""
@@ -90,8 +96,7 @@ class QueueCursor:
         """A cursor back from `text` (None when absent or malformed)."""
         group, _, rest = (text or "")[:80].partition(":")
         aware, _, ident = rest.rpartition(":")
-        # ASCII digits only (str.isdigit also takes '²', which int() refuses); 18: a BIGINT
-        if not (ident.isascii() and ident.isdigit()) or len(ident) > 18:
+        if not is_bigint_text(ident):
             return None
         if group == "D" and not aware:
             return cls(False, 0.0, int(ident))
